@@ -1,0 +1,105 @@
+"""Eager PyTorch reference of every timeaware op.
+
+This module is the CPU fallback of the ``reference`` backend and the ground truth of the tests.
+It uses nothing but differentiable PyTorch ops, so autograd, ``torch.autograd.gradcheck`` and
+``torch.compile`` all see through it.
+
+The fused op (DESIGN section 1)::
+
+    u[n,c,h,w] = x + conv_bias[c] + emb[n,c] + time[n] * time_map[c,h,w] + pos[n,h,w]
+    y[n,c,h,w] = act(weight[c] * (u - mean[n,g]) * rstd[n,g] + bias[c])
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+ACTIVATIONS = ("identity", "relu", "silu")
+
+
+def apply_act(y: Tensor, act: str) -> Tensor:
+    """Apply one of :data:`ACTIVATIONS` to ``y``."""
+    if act == "identity":
+        return y
+    if act == "relu":
+        return F.relu(y)
+    if act == "silu":
+        return F.silu(y)
+    raise ValueError(f"act: got {act!r}, expected one of {ACTIVATIONS}")
+
+
+def add_addends(
+    x: Tensor,
+    conv_bias: Tensor | None = None,
+    emb: Tensor | None = None,
+    time: Tensor | float | None = None,
+    time_map: Tensor | None = None,
+    pos: Tensor | None = None,
+) -> Tensor:
+    """Return ``u = x + conv_bias + emb + time * time_map + pos`` with the documented broadcasts.
+
+    Shapes: x (N, C, H, W); conv_bias (C,); emb (N, C); time scalar or (N,) with
+    time_map (C, H, W); pos (N or 1, H, W). Arithmetic follows PyTorch type promotion.
+    """
+    u = x
+    if conv_bias is not None:
+        u = u + conv_bias.view(1, -1, 1, 1)
+    if emb is not None:
+        u = u + emb[:, :, None, None]
+    if time_map is not None:
+        t = time if isinstance(time, Tensor) else torch.tensor(float(time), device=x.device)
+        t = t.reshape(-1, 1, 1, 1) if t.dim() > 0 else t
+        u = u + t * time_map.unsqueeze(0)
+    if pos is not None:
+        u = u + pos.unsqueeze(1)
+    return u
+
+
+def group_norm_act_ref(
+    x: Tensor,
+    num_groups: int,
+    weight: Tensor | None = None,
+    bias: Tensor | None = None,
+    eps: float = 1e-5,
+    act: str = "identity",
+    conv_bias: Tensor | None = None,
+    emb: Tensor | None = None,
+    time: Tensor | float | None = None,
+    time_map: Tensor | None = None,
+    pos: Tensor | None = None,
+    compute_dtype: torch.dtype | None = None,
+) -> Tensor:
+    """Eager ``act(group_norm(x + addends))``.
+
+    Args:
+        x: (N, C, H, W) input, any float dtype, NCHW or channels_last.
+        num_groups: G, which divides C.
+        weight, bias: (C,) affine of the normalisation, or None.
+        eps: added to the variance.
+        act: ``"identity"``, ``"relu"`` or ``"silu"``.
+        conv_bias, emb, time, time_map, pos: optional addends (see module docstring).
+        compute_dtype: dtype of the whole computation. ``None`` means fp32 for fp16/bf16 inputs
+            (the op's contract: fp32 statistics) and the input's dtype otherwise. Tests pass
+            ``x.dtype`` to get plain low-precision eager PyTorch, and ``torch.float64`` for the
+            fp64 ground truth.
+
+    Returns:
+        (N, C, H, W) tensor of ``x.dtype`` in ``x``'s memory format.
+    """
+    if compute_dtype is None:
+        compute_dtype = torch.float32 if x.dtype in (torch.float16, torch.bfloat16) else x.dtype
+    channels_last = x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last)
+
+    def cast(t):
+        return t.to(compute_dtype) if isinstance(t, Tensor) else t
+
+    u = add_addends(cast(x), cast(conv_bias), cast(emb), cast(time), cast(time_map), cast(pos)).to(
+        compute_dtype
+    )
+    y = F.group_norm(u, num_groups, cast(weight), cast(bias), eps)
+    y = apply_act(y, act).to(x.dtype)
+    if channels_last and not y.is_contiguous(memory_format=torch.channels_last):
+        y = y.contiguous(memory_format=torch.channels_last)
+    return y
