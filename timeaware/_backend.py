@@ -12,7 +12,6 @@ Precedence, highest first: the ``backend=`` argument of a call or module, the in
 from __future__ import annotations
 
 import contextlib
-import functools
 import importlib.util
 import os
 from collections.abc import Iterator
@@ -65,10 +64,12 @@ def use_backend(name: str) -> Iterator[str]:
         _STACK.pop()
 
 
-@functools.lru_cache(maxsize=1)
+_TRITON_FOUND = importlib.util.find_spec("triton") is not None
+
+
 def triton_importable() -> bool:
-    """True when the ``triton`` package can be imported."""
-    return importlib.util.find_spec("triton") is not None
+    """True when the ``triton`` package can be imported (looked up once, at import)."""
+    return _TRITON_FOUND
 
 
 def triton_interpreted() -> bool:

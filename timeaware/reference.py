@@ -98,7 +98,12 @@ def group_norm_act_ref(
     u = add_addends(cast(x), cast(conv_bias), cast(emb), cast(time), cast(time_map), cast(pos)).to(
         compute_dtype
     )
-    y = F.group_norm(u, num_groups, cast(weight), cast(bias), eps)
+    weight, bias = cast(weight), cast(bias)
+    if weight is None and bias is not None:
+        # F.group_norm(weight=None, bias=b) cannot backpropagate on CPU (torch 2.13); a unit
+        # weight is the same function
+        weight = torch.ones_like(bias)
+    y = F.group_norm(u, num_groups, weight, bias, eps)
     y = apply_act(y, act).to(x.dtype)
     if channels_last and not y.is_contiguous(memory_format=torch.channels_last):
         y = y.contiguous(memory_format=torch.channels_last)
