@@ -21,4 +21,52 @@ __all__ = [
 ]
 
 # --- nn/models/diagnostics exports ---
+from timeaware import diagnostics, models, nn  # noqa: E402
+from timeaware.diagnostics import DiagnosticsReport, diagnose  # noqa: E402
+from timeaware.models import (  # noqa: E402
+    GaussianDiffusion,
+    NODEClassifier,
+    ODEBlock,
+    ODEFunc,
+    ODESolverError,
+    ResBlock,
+    UNet,
+)
+from timeaware.nn import (  # noqa: E402
+    ConcatConv2d,
+    ConcatConvGNAct,
+    GroupNormAct,
+    PositionalLinear,
+    PositionalMLP,
+    SinusoidalEmbedding,
+    TimeMLP,
+    TimestepMLP,
+    apply_zero_bias,
+    make_norm,
+)
+
+__all__ += [
+    "ConcatConv2d",
+    "ConcatConvGNAct",
+    "DiagnosticsReport",
+    "GaussianDiffusion",
+    "GroupNormAct",
+    "NODEClassifier",
+    "ODEBlock",
+    "ODEFunc",
+    "ODESolverError",
+    "PositionalLinear",
+    "PositionalMLP",
+    "ResBlock",
+    "SinusoidalEmbedding",
+    "TimeMLP",
+    "TimestepMLP",
+    "UNet",
+    "apply_zero_bias",
+    "diagnose",
+    "diagnostics",
+    "make_norm",
+    "models",
+    "nn",
+]
 # --- end ---

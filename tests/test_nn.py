@@ -1,0 +1,479 @@
+"""timeaware.nn: GroupNormAct, ConcatConv2d (versus the concatenation it replaces), the fused
+ConcatConv -> GroupNorm -> act block, timestep embeddings, init policies and make_norm."""
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import timeaware
+from timeaware import nn as tnn
+from timeaware.reference import group_norm_act_ref
+
+BACKENDS = ("reference", "triton")
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """These tests use tiny tensors: intra-op threads only add synchronisation cost (20x slower
+    per op on a loaded 2-core machine), so run them single-threaded and restore afterwards."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+class TorchdiffeqConcatConv2d(nn.Module):
+    """torchdiffeq examples/odenet_mnist.py ConcatConv2d, written out (time channel first)."""
+
+    def __init__(
+        self,
+        dim_in,
+        dim_out,
+        ksize=3,
+        stride=1,
+        padding=0,
+        dilation=1,
+        groups=1,
+        bias=True,
+        transpose=False,
+    ):
+        super().__init__()
+        module = nn.ConvTranspose2d if transpose else nn.Conv2d
+        self._layer = module(
+            dim_in + 1,
+            dim_out,
+            kernel_size=ksize,
+            stride=stride,
+            padding=padding,
+            dilation=dilation,
+            groups=groups,
+            bias=bias,
+        )
+
+    def forward(self, t, x):
+        tt = torch.ones_like(x[:, :1, :, :]) * t
+        ttx = torch.cat([tt, x], 1)
+        return self._layer(ttx)
+
+
+def concat_form(layer: nn.Module, t, x):
+    """conv(cat([t * ones, x])) with per-sample t broadcast correctly."""
+    t = torch.as_tensor(t, dtype=x.dtype).reshape(-1, 1, 1, 1)
+    tt = t * torch.ones_like(x[:, :1])
+    return layer(torch.cat([tt, x], 1))
+
+
+def assert_rel_close(actual, expected, rtol, what="", atol=2e-6):
+    """max|actual - expected| <= rtol * max|expected| + atol."""
+    err = (actual - expected).abs().max().item()
+    scale = expected.abs().max().item()
+    assert err <= rtol * scale + atol, f"{what}: max error {err:.3e} vs scale {scale:.3e}"
+
+
+def grad_atol(grads):
+    """Absolute floor for gradient comparisons: 1e-5 of the largest gradient entry. Gradients
+    that are mathematically zero (a conv bias before a G=C GroupNorm) are sums of O(largest)
+    terms that cancel, so both backends return fp32 rounding noise of about this size."""
+    return 1e-5 * max(g.abs().max().item() for g in grads) + 1e-7
+
+
+def run_both_backends(module, fn, seed=0):
+    """Run fn(module) -> tensor on both backends; backprop a fixed random cotangent.
+
+    Returns {backend: (output, {param_name: grad}, extra_grads)} where extra_grads holds the
+    grads of tensors fn registered in fn.inputs (if any).
+    """
+    out = {}
+    for be in BACKENDS:
+        module.zero_grad(set_to_none=True)
+        torch.manual_seed(seed)
+        with timeaware.use_backend(be):
+            y, inputs = fn(module)
+            g = torch.randn_like(y)
+            y.backward(g)
+        grads = {n: p.grad.clone() for n, p in module.named_parameters() if p.grad is not None}
+        in_grads = [i.grad.clone() for i in inputs]
+        for i in inputs:
+            i.grad = None
+        out[be] = (y.detach(), grads, in_grads)
+    return out
+
+
+def assert_backends_match(res, module, rtol=2e-4):
+    y_ref, g_ref, i_ref = res["reference"]
+    y_tri, g_tri, i_tri = res["triton"]
+    assert_rel_close(y_tri, y_ref, rtol, "output")
+    names = {n for n, p in module.named_parameters() if p.requires_grad}
+    assert set(g_ref) == names, f"reference: params without grad {names - set(g_ref)}"
+    assert set(g_tri) == names, f"triton: params without grad {names - set(g_tri)}"
+    atol = grad_atol([*g_ref.values(), *i_ref])
+    for n in sorted(names):
+        assert_rel_close(g_tri[n], g_ref[n], rtol, f"grad of {n}", atol)
+    for k, (a, b) in enumerate(zip(i_tri, i_ref)):
+        assert_rel_close(a, b, rtol, f"grad of input {k}", atol)
+
+
+# ------------------------------------------------------------------------------------------
+# ConcatConv2d
+# ------------------------------------------------------------------------------------------
+CONV_CASES = [
+    dict(padding=0),  # valid conv: time map constant
+    dict(padding=1),  # zero-padded borders
+    dict(padding=1, stride=2),
+    dict(padding=0, stride=2),  # stride 2 over an odd map
+    dict(padding=2, dilation=2),
+    dict(ksize=1),
+    dict(padding=1, transpose=True),
+    dict(padding=1, stride=2, transpose=True),
+    dict(padding=0, dilation=2, transpose=True),
+    dict(padding=1, groups=3),  # (dim_in + 1) = 6, time channel in group 0
+    dict(padding=1, groups=2, stride=2, transpose=True),
+]
+TIMES = {
+    "float": 0.37,
+    "0d": torch.tensor(-1.3, dtype=torch.float64),
+    "per_sample": torch.tensor([0.25, 2.0, -0.5], dtype=torch.float64),
+}
+
+
+@pytest.mark.parametrize(
+    "kw", CONV_CASES, ids=lambda kw: ",".join(f"{k}{v}" for k, v in kw.items())
+)
+@pytest.mark.parametrize("tkind", list(TIMES))
+def test_concat_conv_equals_concatenation(kw, tkind):
+    m = tnn.ConcatConv2d(5, 6, **kw).double()
+    x = torch.randn(3, 5, 7, 6, dtype=torch.float64, requires_grad=True)
+    t = TIMES[tkind]
+    if isinstance(t, torch.Tensor):
+        t = t.clone().requires_grad_(True)
+    y = m(t, x)
+    ref = concat_form(m._layer, t, x)
+    assert y.shape == ref.shape
+    torch.testing.assert_close(y, ref, rtol=1e-12, atol=1e-12)
+    # gradients of every parameter, of x and of t match the concatenation form too
+    g = torch.randn_like(y)
+    params = [m._layer.weight, m._layer.bias, x] + ([t] if isinstance(t, torch.Tensor) else [])
+    ga = torch.autograd.grad(y, params, g)
+    gb = torch.autograd.grad(ref, params, g)
+    for a, b in zip(ga, gb):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
+
+
+def test_concat_conv_time_map_is_kernel_sum_inside_and_differs_on_border():
+    # paper Eq. 4: conv(1, W_t) is the spatial sum of the time kernel, everywhere off the border
+    m = tnn.ConcatConv2d(4, 3, 3, padding=1).double()
+    tm = m.time_map(6, 6)
+    ksum = m._layer.weight[:, 0].sum(dim=(1, 2))
+    torch.testing.assert_close(tm[:, 1:-1, 1:-1], ksum[:, None, None].expand(3, 4, 4))
+    border = tm.clone()
+    border[:, 1:-1, 1:-1] = ksum[:, None, None]
+    assert not torch.allclose(tm[:, 0, :], ksum[:, None].expand(3, 6))
+
+
+def test_torchdiffeq_concat_conv_state_dict_loads_and_matches():
+    src = TorchdiffeqConcatConv2d(4, 6, 3, 1, 1)
+    dst = tnn.ConcatConv2d(4, 6, 3, 1, 1)
+    assert set(src.state_dict()) == set(dst.state_dict()) == {"_layer.weight", "_layer.bias"}
+    dst.load_state_dict(src.state_dict(), strict=True)
+    x = torch.randn(2, 4, 5, 5)
+    t = torch.tensor(0.8)
+    torch.testing.assert_close(dst(t, x), src(t, x), rtol=1e-5, atol=1e-6)
+
+
+def test_concat_conv_time_map_follows_weight_updates():
+    m = tnn.ConcatConv2d(2, 2, 3, padding=1)
+    x = torch.randn(1, 2, 4, 4)
+    with torch.no_grad():
+        m._layer.weight[:, 0] += 1.0
+    torch.testing.assert_close(m(0.5, x), concat_form(m._layer, 0.5, x), rtol=1e-5, atol=1e-6)
+
+
+def test_concat_conv_errors():
+    with pytest.raises(ValueError, match="groups"):
+        tnn.ConcatConv2d(4, 6, groups=2)  # dim_in + 1 = 5 not divisible by 2
+    m = tnn.ConcatConv2d(4, 6, padding=1)
+    with pytest.raises(ValueError, match=r"x: got shape \(2, 3, 5, 5\).*4 channels"):
+        m(0.1, torch.randn(2, 3, 5, 5))
+    with pytest.raises(ValueError, match=r"t: got a tensor of shape \(3,\)"):
+        m(torch.zeros(3), torch.randn(2, 4, 5, 5))
+    with pytest.raises(TypeError, match="t: got str"):
+        m("0.5", torch.randn(2, 4, 5, 5))
+
+
+# ------------------------------------------------------------------------------------------
+# GroupNormAct
+# ------------------------------------------------------------------------------------------
+def test_group_norm_act_state_dict_is_group_norm():
+    gn = nn.GroupNorm(2, 6)
+    m = tnn.GroupNormAct(2, 6, act="relu")
+    assert m.state_dict().keys() == gn.state_dict().keys()
+    with torch.no_grad():
+        gn.weight.uniform_(0.5, 1.5)
+        gn.bias.uniform_(-0.5, 0.5)
+    m.load_state_dict(gn.state_dict())
+    x = torch.randn(2, 6, 3, 5)
+    torch.testing.assert_close(m(x), F.relu(gn(x)))
+    seq = torch.randn(2, 6, 7)  # (N, C, L) works as with nn.GroupNorm
+    torch.testing.assert_close(m(seq), F.relu(gn(seq)))
+    with pytest.raises(ValueError, match=r"x: got shape \(2, 5, 7\), expected \(N, 6, \*\)"):
+        m(torch.randn(2, 5, 7))
+    no_affine = tnn.GroupNormAct(3, 6, affine=False)
+    assert list(no_affine.state_dict()) == []
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("act", ["identity", "relu", "silu", "softplus", "elu", "sigmoid"])
+def test_group_norm_act_from_group_norm(backend, act):
+    gn = nn.GroupNorm(2, 4)
+    with torch.no_grad():
+        gn.weight.uniform_(0.5, 1.5)
+        gn.bias.uniform_(-0.5, 0.5)
+    m = tnn.GroupNormAct.from_group_norm(gn, act=act, backend=backend)
+    x = torch.randn(2, 4, 3, 3)
+    eager = {
+        "identity": lambda y: y,
+        "relu": F.relu,
+        "silu": F.silu,
+        "softplus": F.softplus,
+        "elu": F.elu,
+        "sigmoid": torch.sigmoid,
+    }[act]
+    torch.testing.assert_close(m(x), eager(gn(x)), rtol=1e-5, atol=1e-5)
+
+
+def test_group_norm_act_with_addends_fused_vs_reference_grads():
+    m = tnn.GroupNormAct(2, 4, act="silu")
+    with torch.no_grad():
+        m.weight.uniform_(0.5, 1.5)
+        m.bias.uniform_(-0.5, 0.5)
+    x = torch.randn(2, 4, 3, 3, requires_grad=True)
+    emb = torch.randn(2, 4, requires_grad=True)
+    pos = torch.randn(1, 3, 3, requires_grad=True)
+    cb = torch.randn(4, requires_grad=True)
+    tm = torch.randn(4, 3, 3, requires_grad=True)
+    t = torch.tensor([0.3, -0.7], requires_grad=True)
+
+    def fn(mod):
+        y = mod(x, emb=emb, pos=pos, conv_bias=cb, time=t, time_map=tm)
+        return y, [x, emb, pos, cb, tm, t]
+
+    res = run_both_backends(m, fn)
+    assert_backends_match(res, m)
+    ref = group_norm_act_ref(
+        x, 2, m.weight, m.bias, act="silu", conv_bias=cb, emb=emb, time=t, time_map=tm, pos=pos
+    )
+    torch.testing.assert_close(res["triton"][0], ref.detach(), rtol=1e-4, atol=1e-5)
+
+
+def test_group_norm_act_errors():
+    with pytest.raises(ValueError, match="num_groups: got 3, which does not divide"):
+        tnn.GroupNormAct(3, 4)
+    with pytest.raises(ValueError, match="act: got 'gelu'"):
+        tnn.GroupNormAct(2, 4, act="gelu")
+    with pytest.raises(TypeError, match="num_channels"):
+        tnn.GroupNormAct(2, 4.0)
+    with pytest.raises(ValueError, match=r"x: got shape \(2, 6, 3, 3\)"):
+        tnn.GroupNormAct(2, 4)(torch.randn(2, 6, 3, 3))
+    with pytest.raises(TypeError, match="gn: got BatchNorm2d"):
+        tnn.GroupNormAct.from_group_norm(nn.BatchNorm2d(4))
+
+
+# ------------------------------------------------------------------------------------------
+# make_norm
+# ------------------------------------------------------------------------------------------
+def test_make_norm_kinds():
+    g = tnn.make_norm("group", 64)
+    assert isinstance(g, tnn.GroupNormAct) and g.num_groups == 32
+    assert tnn.make_norm("group", 12).num_groups == 12  # min(32, C)
+    assert tnn.make_norm("group", 8, groups=1).num_groups == 1
+    layer = tnn.make_norm("layer", 8)
+    assert isinstance(layer, tnn.GroupNormAct) and layer.num_groups == 1
+    bn = tnn.make_norm("batch", 8, act="relu")
+    assert isinstance(bn, nn.BatchNorm2d) and set(bn.state_dict()) >= {"running_mean", "weight"}
+    inn = tnn.make_norm("instance", 8)
+    assert isinstance(inn, nn.InstanceNorm2d) and inn.affine
+    x = torch.randn(3, 8, 4, 4)
+    e = torch.randn(3, 8)
+    torch.testing.assert_close(
+        bn(x, emb=e),
+        F.relu(F.batch_norm(x + e[:, :, None, None], None, None, bn.weight, bn.bias, True)),
+    )
+    torch.testing.assert_close(inn(x), F.instance_norm(x, weight=inn.weight, bias=inn.bias))
+    torch.testing.assert_close(layer(x), F.group_norm(x, 1, layer.weight, layer.bias))
+
+
+def test_make_norm_errors():
+    with pytest.raises(ValueError, match="kind: got 'rms'"):
+        tnn.make_norm("rms", 8)
+    with pytest.raises(ValueError, match=r"groups: got 3, which does not divide .* 8"):
+        tnn.make_norm("group", 8, groups=3)
+    with pytest.raises(ValueError, match=r"groups: got 32 \(the default min\(32, C\)\)"):
+        tnn.make_norm("group", 40)  # 32 does not divide 40
+    with pytest.raises(ValueError, match="groups: got 4 with kind='batch'"):
+        tnn.make_norm("batch", 8, groups=4)
+    with pytest.raises(ValueError, match="time, time_map"):
+        tnn.make_norm("batch", 8)(torch.randn(2, 8, 2, 2), time=1.0)
+
+
+# ------------------------------------------------------------------------------------------
+# Fused ConcatConv -> GroupNorm -> act block
+# ------------------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    "kw",
+    [dict(num_groups=2), dict(num_groups=1, stride=2), dict(num_groups=4, act="silu")],
+    ids=["G2", "G1-stride2", "G4-silu"],
+)
+def test_concat_conv_gn_act_matches_eager_and_fused_grads(kw):
+    block = tnn.ConcatConvGNAct(3, 4, **kw)
+    with torch.no_grad():
+        block.norm.weight.uniform_(0.5, 1.5)
+        block.norm.bias.uniform_(-0.5, 0.5)
+    x = torch.randn(2, 3, 5, 5, requires_grad=True)
+    ho = 3 if kw.get("stride") == 2 else 5
+    pos = torch.randn(2, ho, ho, requires_grad=True)
+    t = torch.tensor(0.6, requires_grad=True)
+
+    def fn(mod):
+        return mod(t, x, pos=pos), [x, pos, t]
+
+    res = run_both_backends(block, fn)
+    assert_backends_match(res, block)
+    # and both equal the unfused pipeline norm(act(ConcatConv(cat) + pos))
+    conv = concat_form(block.conv._layer, t, x) + pos[:, None]
+    act = {"relu": F.relu, "silu": F.silu}[kw.get("act", "relu")]
+    eager = act(F.group_norm(conv, kw["num_groups"], block.norm.weight, block.norm.bias))
+    torch.testing.assert_close(res["triton"][0], eager.detach(), rtol=1e-4, atol=1e-5)
+
+
+def test_concat_conv_gn_act_reads_conv_output_once(monkeypatch):
+    """One op call per block, carrying the conv bias, t, the time map and pos as addends."""
+    calls = []
+    real = timeaware.ops.group_norm_act
+
+    def spy(*args, **kwargs):
+        calls.append(kwargs)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(timeaware.ops, "group_norm_act", spy)
+    block = tnn.ConcatConvGNAct(3, 4, num_groups=2)
+    block(0.5, torch.randn(2, 3, 4, 4), pos=torch.randn(1, 4, 4))
+    assert len(calls) == 1
+    kw = calls[0]
+    assert kw["conv_bias"] is block.conv._layer.bias
+    assert kw["time_map"].shape == (4, 4, 4) and kw["time"] is not None
+    assert kw["pos"] is not None and kw["act"] == "relu"
+
+
+# ------------------------------------------------------------------------------------------
+# Embeddings
+# ------------------------------------------------------------------------------------------
+def ddpm_timestep_embedding(t, dim):
+    """DDPM's get_timestep_embedding (diffusion_tf/nn.py), transcribed."""
+    half = dim // 2
+    emb = math.log(10000) / (half - 1)
+    emb = torch.exp(torch.arange(half, dtype=torch.float32) * -emb)
+    emb = t.float()[:, None] * emb[None, :]
+    emb = torch.cat([torch.sin(emb), torch.cos(emb)], dim=1)
+    if dim % 2 == 1:
+        emb = F.pad(emb, (0, 1))
+    return emb
+
+
+@pytest.mark.parametrize("dim", [8, 9, 128])
+def test_sinusoidal_matches_ddpm(dim):
+    t = torch.tensor([0, 1, 17, 999])
+    torch.testing.assert_close(tnn.SinusoidalEmbedding(dim)(t), ddpm_timestep_embedding(t, dim))
+    assert tnn.SinusoidalEmbedding(dim)(3.0).shape == (1, dim)
+
+
+def test_timestep_mlp_shapes_and_structure():
+    m = tnn.TimestepMLP(8)
+    out = m(torch.tensor([1, 500]))
+    assert out.shape == (2, 32)
+    s = m.sinusoidal(torch.tensor([1, 500]))
+    torch.testing.assert_close(m.from_sinusoidal(s), m.fc2(F.silu(m.fc1(s))))
+    assert tnn.is_timestep_branch(m)
+
+
+def test_positional_linear():
+    p = tnn.PositionalLinear(3, 4)
+    assert p(0.5).shape == (1, 3, 4)
+    torch.testing.assert_close(p(0.5)[0], 0.5 * p.weight)
+    t = torch.tensor([0.0, 1.0, 2.0])
+    out = p(t)
+    assert out.shape == (3, 3, 4)
+    torch.testing.assert_close(out[2], 2 * p.weight)
+    out.sum().backward()
+    torch.testing.assert_close(p.weight.grad, torch.full((3, 4), 3.0))
+    scaled = tnn.PositionalLinear(2, 2, time_scale=1e-3)
+    torch.testing.assert_close(scaled(torch.tensor([1000]))[0], scaled.weight)
+
+
+def test_positional_mlp():
+    sin = tnn.SinusoidalEmbedding(8)
+    p = tnn.PositionalMLP(8, 4, 5)
+    out = p(sin(torch.tensor([3, 700])))
+    assert out.shape == (2, 4, 5)
+    assert not torch.allclose(out[0], out[1])  # depends on t
+    assert out[0].std() > 0  # spatially varying: not a channel-wise scalar
+    with pytest.raises(ValueError, match=r"s: got \(2, 6\)"):
+        p(torch.randn(2, 6))
+
+
+def test_time_mlp_batch_expand():
+    m = tnn.TimeMLP(6)
+    assert m(0.3).shape == (1, 6)
+    assert m(torch.tensor(0.3), batch=4).shape == (4, 6)
+    assert m(torch.rand(4), batch=4).shape == (4, 6)
+
+
+# ------------------------------------------------------------------------------------------
+# Init policies (paper Table 2)
+# ------------------------------------------------------------------------------------------
+def _zeroed(module):
+    return {n for n, p in module.named_parameters() if n.endswith("bias") and not p.any()}
+
+
+@pytest.mark.parametrize("policy", ["none", "operand", "timestep", "all", True, False])
+def test_apply_zero_bias_policies(policy):
+    torch.manual_seed(0)
+    block = nn.ModuleDict(
+        {
+            "conv": nn.Conv2d(2, 4, 3),
+            "cconv": tnn.ConcatConv2d(2, 4),
+            "temb": tnn.TimestepMLP(4),
+            "proj": tnn.mark_timestep_branch(nn.Linear(16, 4)),
+            "norm": tnn.GroupNormAct(2, 4),
+            "head": nn.Linear(4, 3),
+        }
+    )
+    branches = tnn.bias_branches(block)
+    assert branches == {
+        "conv.bias": "operand",
+        "cconv._layer.bias": "operand",
+        "temb.fc1.bias": "timestep",
+        "temb.fc2.bias": "timestep",
+        "proj.bias": "timestep",
+    }
+    zeroed = set(tnn.apply_zero_bias(block, policy))
+    expect = {
+        "none": set(),
+        False: set(),
+        "operand": {"conv.bias", "cconv._layer.bias"},
+        True: {"conv.bias", "cconv._layer.bias"},
+        "timestep": {"temb.fc1.bias", "temb.fc2.bias", "proj.bias"},
+        "all": set(branches),
+    }[policy]
+    assert zeroed == expect
+    # the normalisation's bias is zero by construction; nothing else is zero unless zeroed
+    assert _zeroed(block) == expect | {"norm.bias"}
+
+
+def test_apply_zero_bias_errors():
+    with pytest.raises(ValueError, match="zero_bias: got 'conv'"):
+        tnn.apply_zero_bias(nn.Conv2d(1, 1, 1), "conv")
+    with pytest.raises(TypeError, match="module: got int"):
+        tnn.apply_zero_bias(3, "all")
