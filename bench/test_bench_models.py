@@ -1,0 +1,28 @@
+"""pytest-benchmark: the model workloads (odefunc, node-step, ddpm-step) of DESIGN section 7."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from bench.workloads import variants
+
+pytestmark = pytest.mark.skipif(
+    not torch.cuda.is_available(),
+    reason="benchmarks need a CUDA GPU; on CPU run `python -m bench` (eager timings + checks)",
+)
+
+BASELINES = ("eager", "compile", "fused")
+ROUNDS = {"odefunc": 100, "node-step": 10, "ddpm-step": 10}
+CASES = [
+    pytest.param(v, mode, b, id=f"{v.label}-{mode}-{b}".replace(" ", "-"))
+    for v in variants("full")
+    if v.workload in ROUNDS
+    for mode in v.modes
+    for b in BASELINES
+]
+
+
+@pytest.mark.parametrize(("variant", "mode", "baseline"), CASES)
+def test_model(run_workload, variant, mode, baseline):
+    run_workload(variant, mode, baseline, rounds=ROUNDS[variant.workload])
