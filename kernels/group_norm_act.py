@@ -147,6 +147,35 @@ def _act_grad(dy, z, ACT: tl.constexpr):
     return g
 
 
+@triton.jit
+def _recompute_g(
+    DY,  # (N, C, H, W) gradient of y, strides (stride_dyn, stride_dyc, stride_dyhw)
+    W,  # (C,) weight
+    B,  # (C,) beta
+    u,  # fp32 tile of u = x + addends (from _load_u)
+    mean,  # fp32 group mean, broadcastable to the tile
+    rstd,  # fp32 group rstd, broadcastable to the tile
+    n,
+    c,
+    hw,
+    m_c,
+    m,
+    stride_dyn,
+    stride_dyc,
+    stride_dyhw,
+    HAS_WEIGHT: tl.constexpr,
+    HAS_BETA: tl.constexpr,
+    ACT: tl.constexpr,
+):
+    """Backward recompute shared by every backward kernel: xhat = (u - mean) * rstd and
+    g = dy * act'(weight * xhat + beta), both 0 where m is False."""
+    xhat = tl.where(m, (u - mean) * rstd, 0.0)
+    dy = tl.load(DY + n * stride_dyn + c * stride_dyc + hw * stride_dyhw, mask=m, other=0.0)
+    z = _affine(xhat, W, B, c, m_c, HAS_WEIGHT, HAS_BETA)
+    g = tl.where(m, _act_grad(dy.to(tl.float32), z, ACT), 0.0)
+    return xhat, g
+
+
 # ----------------------------------------------------------------------------------------------
 # forward, fused regime: ROWS whole groups per program, one read and one write
 # ----------------------------------------------------------------------------------------------
@@ -479,10 +508,8 @@ def _gn_bwd_fused_kernel(
                 HAS_CBIAS, HAS_EMB, HAS_TIME, HAS_POS, POS_BCAST)  # fmt: skip
     mean = tl.load(Mean + r, mask=m_n, other=0.0)
     rstd = tl.load(Rstd + r, mask=m_n, other=0.0)
-    xhat = tl.where(m, (u - mean) * rstd, 0.0)
-    dy = tl.load(DY + n * stride_dyn + c * stride_dyc + hw * stride_dyhw, mask=m, other=0.0)
-    z = _affine(xhat, W, B, c, m_c, HAS_WEIGHT, HAS_BETA)
-    g = tl.where(m, _act_grad(dy.to(tl.float32), z, ACT), 0.0)
+    xhat, g = _recompute_g(DY, W, B, u, mean, rstd, n, c, hw, m_c, m, stride_dyn, stride_dyc,
+                           stride_dyhw, HAS_WEIGHT, HAS_BETA, ACT)  # fmt: skip
     gx = _times_weight(g, W, c, m_c, HAS_WEIGHT)
     L = Cg * HW
     mgx = tl.sum(tl.sum(gx, axis=2), axis=1) / L
@@ -575,10 +602,8 @@ def _gn_bwd_split_reduce_kernel(
         u = _load_u(X, CBias, Emb, Time, TMap, Pos, n, c, hw, m_n, m_c, m_hw, m,
                     stride_xn, stride_xc, stride_xhw, stride_en, HW,
                     HAS_CBIAS, HAS_EMB, HAS_TIME, HAS_POS, POS_BCAST)  # fmt: skip
-        xhat = tl.where(m, (u - mean) * rstd, 0.0)
-        dy = tl.load(DY + n * stride_dyn + c * stride_dyc + hw * stride_dyhw, mask=m, other=0.0)
-        z = _affine(xhat, W, B, c, m_c, HAS_WEIGHT, HAS_BETA)
-        g = tl.where(m, _act_grad(dy.to(tl.float32), z, ACT), 0.0)
+        xhat, g = _recompute_g(DY, W, B, u, mean, rstd, n, c, hw, m_c, m, stride_dyn, stride_dyc,
+                               stride_dyhw, HAS_WEIGHT, HAS_BETA, ACT)  # fmt: skip
         acc_g += tl.sum(g, axis=1)
         acc_gxh += tl.sum(g * xhat, axis=1)
     if NEED_DU:
@@ -673,10 +698,8 @@ def _gn_bwd_split_dx_kernel(
         u = _load_u(X, CBias, Emb, Time, TMap, Pos, n, c, hw, m_n, m_c, m_hw, m,
                     stride_xn, stride_xc, stride_xhw, stride_en, HW,
                     HAS_CBIAS, HAS_EMB, HAS_TIME, HAS_POS, POS_BCAST)  # fmt: skip
-        xhat = tl.where(m, (u - mean) * rstd, 0.0)
-        dy = tl.load(DY + n * stride_dyn + c * stride_dyc + hw * stride_dyhw, mask=m, other=0.0)
-        z = _affine(xhat, W, B, c, m_c, HAS_WEIGHT, HAS_BETA)
-        g = _act_grad(dy.to(tl.float32), z, ACT)
+        xhat, g = _recompute_g(DY, W, B, u, mean, rstd, n, c, hw, m_c, m, stride_dyn, stride_dyc,
+                               stride_dyhw, HAS_WEIGHT, HAS_BETA, ACT)  # fmt: skip
         gx = _times_weight(g, W, c, m_c, HAS_WEIGHT)
         du = tl.where(m, rstd * (gx - mgx - xhat * mgxh), 0.0)
         off = n * stride_xn + c * stride_xc + hw * stride_xhw

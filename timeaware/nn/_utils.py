@@ -12,8 +12,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-#: Activations the fused op applies inside its kernel.
-FUSED_ACTIVATIONS = ("identity", "relu", "silu")
+from timeaware.reference import ACTIVATIONS as FUSED_ACTIVATIONS
+from timeaware.reference import apply_act
+
+#: FUSED_ACTIVATIONS (imported above): the activations the fused op applies inside its kernel.
 #: Every activation a module accepts; the ones not in :data:`FUSED_ACTIVATIONS` run eagerly after
 #: an identity-activation fused normalisation (paper Appendix A uses softplus, elu and sigmoid).
 ACTIVATIONS = ("identity", "relu", "silu", "softplus", "elu", "sigmoid")
@@ -32,12 +34,8 @@ def canonical_act(act: str, name: str = "act") -> str:
 
 def eager_act(y: Tensor, act: str) -> Tensor:
     """Apply any of :data:`ACTIVATIONS` (canonical name) with eager PyTorch."""
-    if act == "identity":
-        return y
-    if act == "relu":
-        return F.relu(y)
-    if act == "silu":
-        return F.silu(y)
+    if act in FUSED_ACTIVATIONS:
+        return apply_act(y, act)
     if act == "softplus":
         return F.softplus(y)
     if act == "elu":
