@@ -238,3 +238,16 @@ def test_compare_backends_through_the_triton_interpreter(tmp_path):
     assert "speedup" not in rep and "interpreter" in rep["note"]
     assert rep["max_abs_loss_diff"] < 1e-4
     assert ref["nfe_f"] == fused["nfe_f"]
+
+
+def test_resume_at_an_epoch_boundary_marks_the_run_finished(tmp_path):
+    """A stop between two epochs leaves (epoch=e, batch=0, finished=False); resuming with
+    --epochs e has nothing left to run and must still mark the run finished."""
+    out = tmp_path / "run"
+    assert main(["train", "node", *NODE_ARGS, "--epochs", "1", "--out", str(out)]) == 0
+    ck = torch.load(out / "last.pt", weights_only=True)
+    assert ck["progress"]["epoch"] == 1 and ck["progress"]["batch"] == 0
+    ck["progress"]["finished"] = False  # the state a SIGTERM between epochs leaves
+    torch.save(ck, out / "last.pt")
+    assert main(["train", "node", "--resume", str(out), "--epochs", "1"]) == 0
+    assert torch.load(out / "last.pt", weights_only=True)["progress"]["finished"]

@@ -444,6 +444,9 @@ class _NodeRun:
                 f"NFE-F {row['nfe_f']:.1f} NFE-B {row['nfe_b']:.1f} "
                 f"{row['epoch_seconds']:.1f}s lr {row['lr']:.3g}"
             )
+        if not self.finished:  # resumed with exactly cfg.epochs complete: nothing left to run
+            self.finished = True
+            self.save()
         return self.finish()
 
     def sampler_epoch(self) -> None:
