@@ -11,16 +11,6 @@ from timeaware.diagnostics import (
 )
 from timeaware.models import NODEClassifier, ODEBlock, ODEFunc, UNet
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: single-threaded is much faster on a loaded CPU; restored afterwards."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 X = (4, 8, 6, 6)
 
 

@@ -9,6 +9,7 @@ import copy
 
 import pytest
 import torch
+from helpers import assert_rel_close, grad_atol
 from torch import nn
 
 import timeaware
@@ -24,30 +25,6 @@ from timeaware.models import (
 )
 
 BACKENDS = ("reference", "triton")
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """These tests use tiny tensors: intra-op threads only add synchronisation cost (20x slower
-    per op on a loaded 2-core machine), so run them single-threaded and restore afterwards."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-def assert_rel_close(actual, expected, rtol, what="", atol=2e-6):
-    """max|actual - expected| <= rtol * max|expected| + atol."""
-    err = (actual - expected).abs().max().item()
-    scale = expected.abs().max().item()
-    assert err <= rtol * scale + atol, f"{what}: max error {err:.3e} vs scale {scale:.3e}"
-
-
-def grad_atol(grads):
-    """Absolute floor for gradient comparisons: 1e-5 of the largest gradient entry. Gradients
-    that are mathematically zero (a conv bias before a G=C GroupNorm) are sums of O(largest)
-    terms that cancel, so both backends return fp32 rounding noise of about this size."""
-    return 1e-5 * max(g.abs().max().item() for g in grads) + 1e-7
 
 
 def compare_backends(module, fn, rtol=2e-4, seed=0):

@@ -14,16 +14,6 @@ from timeaware import nn as tnn
 from timeaware.diagnostics import embedding_survival
 from timeaware.models import ODEFunc
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: single-threaded is much faster on a loaded CPU; restored afterwards."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 C, H = 8, 6
 CHANNEL_WISE = {
     "batch": lambda: tnn.BatchNormAct(C),  # training mode: batch statistics
