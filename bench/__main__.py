@@ -29,6 +29,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def parse_args(argv=None) -> argparse.Namespace:
+    """Parse ``python -m bench``'s command line."""
     from bench.workloads import BASELINES, DTYPES, WORKLOADS
 
     p = argparse.ArgumentParser(
@@ -87,6 +88,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def progress(msg: str) -> None:
+    """Print a progress line to stderr (the table goes to stdout)."""
     print(msg, file=sys.stderr, flush=True)
 
 
@@ -136,6 +138,7 @@ def _cpu_name() -> str:
 
 
 def describe_device(device) -> dict:
+    """Name and properties of the device the run measures (GPU name and SMs, or the CPU)."""
     import torch
 
     if device.type == "cuda":
@@ -158,6 +161,7 @@ def describe_device(device) -> dict:
 
 
 def versions() -> dict:
+    """Versions of python, torch, triton, CUDA and cuDNN for the result file."""
     import torch
 
     cudnn = None
@@ -205,6 +209,8 @@ def _free(device) -> None:
 
 
 class Progress:
+    """Prints one line per finished row: ``[i/total] workload mode baseline time``."""
+
     def __init__(self, total: int):
         self.total, self.done = total, 0
 
@@ -317,6 +323,7 @@ def run_variant(variant, baselines, device, settings, interp: bool, prog: Progre
 
 
 def main(argv=None) -> int:
+    """Run the suite, print the table and write the JSON, markdown and PNG; return the exit code."""
     args = parse_args(argv)
     t_start = time.perf_counter()
     import torch

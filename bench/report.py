@@ -285,6 +285,7 @@ def markdown(result: dict) -> str:
 # Files
 # --------------------------------------------------------------------------------------------
 def slug(text: str) -> str:
+    """``text`` lower-cased with runs of other characters turned into ``-`` (for file names)."""
     return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-") or "unknown"
 
 
@@ -299,6 +300,7 @@ def stem(result: dict) -> str:
 
 
 def write_json(result: dict, path: Path) -> None:
+    """Write a run's ``result`` dict as JSON to ``path``."""
     path.write_text(json.dumps(result, indent=1, default=str) + "\n")
 
 

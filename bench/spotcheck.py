@@ -30,6 +30,8 @@ ROOT = Path(__file__).resolve().parent.parent
 
 @dataclass(frozen=True)
 class SpotCase:
+    """One spot-check case of the fused op: shape, dtype, addends and activation."""
+
     name: str
     n: int
     c: int
@@ -267,6 +269,7 @@ def run_subprocess(models: bool = True, timeout: float = 300.0) -> dict:
 
 
 def main(argv=None) -> int:
+    """Spot-check the kernels (interpreter) against the fp64 reference; 1 on a failure."""
     first_line = __doc__.split("\n")[0]
     p = argparse.ArgumentParser(prog="python -m bench.spotcheck", description=first_line)
     p.add_argument("--json", type=Path, help="write the result here")

@@ -25,4 +25,5 @@ CASES = [
 
 @pytest.mark.parametrize(("variant", "mode", "baseline"), CASES)
 def test_model(run_workload, variant, mode, baseline):
+    """Time one model workload, mode and baseline with pytest-benchmark."""
     run_workload(variant, mode, baseline, rounds=ROUNDS[variant.workload])

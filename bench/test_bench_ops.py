@@ -24,4 +24,5 @@ CASES = [
 
 @pytest.mark.parametrize(("variant", "mode", "baseline"), CASES)
 def test_op(run_workload, variant, mode, baseline):
+    """Time one op workload, mode and baseline with pytest-benchmark."""
     run_workload(variant, mode, baseline, rounds=200)

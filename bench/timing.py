@@ -61,6 +61,7 @@ class Timing:
 
 
 def synchronize(device: torch.device) -> None:
+    """Wait for the device's queued work (CUDA only; CPU work is synchronous)."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
 
@@ -76,6 +77,9 @@ def _quantile(sorted_times: list[float], q: float) -> float:
 
 
 def summarize(times_ms: list[float]) -> Timing:
+    """Median and 20%/80% quantiles of a list of times in ms."""
+    if not times_ms:
+        raise ValueError("times_ms: got an empty list, expected at least one time")
     s = sorted(times_ms)
     return Timing(statistics.median(s), _quantile(s, 0.2), _quantile(s, 0.8), len(s), times_ms)
 
@@ -131,6 +135,7 @@ def time_cpu(fn: Callable[[], object], settings: TimingSettings, grad_to_none=No
 def time_fn(
     fn: Callable[[], object], device: torch.device, settings: TimingSettings, grad_to_none=None
 ) -> Timing:
+    """Time ``fn`` on ``device``: ``do_bench`` with CUDA events on a GPU, wall clock on CPU."""
     if device.type == "cuda":
         return time_cuda(fn, settings, grad_to_none)
     return time_cpu(fn, settings, grad_to_none)

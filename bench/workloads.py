@@ -47,6 +47,7 @@ COMPILE_MODE = {"compile": None, "compile-max": "max-autotune-no-cudagraphs"}
 
 
 def dtype_name(dtype: torch.dtype) -> str:
+    """Short name of a dtype (``fp32``, ``bf16``, ...)."""
     return {v: k for k, v in DTYPES.items()}.get(dtype, str(dtype).replace("torch.", ""))
 
 
@@ -132,6 +133,8 @@ def _nbytes(*tensors) -> int:
 # --------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class OpSpec:
+    """Shape, dtype, addends and activation of one fused-op workload."""
+
     n: int
     c: int
     h: int
@@ -297,6 +300,8 @@ def build_node_step(
 
 @dataclass(frozen=True)
 class UNetSpec:
+    """Size of the U-Net of the ddpm-step workload."""
+
     ch: int = 128
     ch_mult: tuple[int, ...] = (1, 2, 2, 2)
     num_res_blocks: int = 2

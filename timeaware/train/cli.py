@@ -225,6 +225,7 @@ def _data_options(p: argparse.ArgumentParser, cfg, size_default: str) -> None:
 
 
 def build_node_parser(sub) -> argparse.ArgumentParser:
+    """Add the ``node`` sub-command (every NODE option, with its default in the help) to ``sub``."""
     cfg = _NODE
     p = sub.add_parser(
         "node",
@@ -338,6 +339,7 @@ def build_node_parser(sub) -> argparse.ArgumentParser:
 
 
 def build_ddpm_parser(sub) -> argparse.ArgumentParser:
+    """Add the ``ddpm`` sub-command (every DDPM option, with its default in the help) to ``sub``."""
     cfg = _DDPM
     p = sub.add_parser(
         "ddpm",
@@ -481,6 +483,7 @@ def build_ddpm_parser(sub) -> argparse.ArgumentParser:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The ``timeaware`` command-line parser: ``train node``, ``train ddpm`` and ``presets``."""
     parser = argparse.ArgumentParser(
         prog="timeaware",
         description="timeaware trainers: NODE and DDPM with the paper's remedies for vanishing "

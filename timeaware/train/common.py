@@ -102,6 +102,7 @@ def setup_distributed(device: str = "auto") -> DistInfo:
 
 
 def cleanup_distributed(info: DistInfo) -> None:
+    """Destroy the process group that :func:`setup_distributed` created, if any."""
     if info.distributed and dist.is_initialized():
         dist.destroy_process_group()
 
@@ -121,6 +122,7 @@ def any_rank(flag: bool, info: DistInfo) -> bool:
 
 
 def barrier(info: DistInfo) -> None:
+    """Wait for every process (a no-op without torch.distributed)."""
     if info.distributed:
         dist.barrier()
 
@@ -142,6 +144,7 @@ def capture_rng(generators: dict[str, torch.Generator]) -> dict[str, Any]:
 
 
 def restore_rng(state: dict[str, Any], generators: dict[str, torch.Generator]) -> None:
+    """Restore the torch/CUDA/Python RNGs and ``generators`` from a :func:`gather_rng` state."""
     torch.set_rng_state(state["torch"])
     if state["cuda"] and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
@@ -401,6 +404,7 @@ def save_image_grid(images: torch.Tensor, path: str, nrow: int | None = None) ->
 
 
 def write_json(obj: Any, path: str) -> None:
+    """Write ``obj`` as indented JSON to ``path`` atomically (temporary file, then rename)."""
     tmp = path + ".tmp"
     with open(tmp, "w", encoding="utf-8") as fh:
         json.dump(obj, fh, indent=2)
@@ -432,12 +436,9 @@ def unwrap(model: torch.nn.Module) -> torch.nn.Module:
 
 
 def default_run_dir(kind: str, tag: str) -> str:
+    """``runs/<kind>-<tag>-<YYYYmmdd-HHMMSS>``: the run folder used when ``--out`` is not given."""
     stamp = time.strftime("%Y%m%d-%H%M%S")
     return os.path.join("runs", f"{kind}-{tag}-{stamp}")
-
-
-def is_finite(x: float) -> bool:
-    return math.isfinite(x)
 
 
 # ----------------------------------------------------------------------------- backends

@@ -137,6 +137,7 @@ class DDPMConfig:
 
 
 def ddpm_config_from_dict(d: dict) -> DDPMConfig:
+    """Rebuild a :class:`DDPMConfig` from its saved dict (unknown keys ignored)."""
     names = {f.name for f in fields(DDPMConfig)}
     d = {k: v for k, v in d.items() if k in names}
     for k in ("ch_mult", "attn_resolutions", "eval_samplers"):

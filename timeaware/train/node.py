@@ -122,6 +122,7 @@ class NodeConfig:
 
 
 def node_config_from_dict(d: dict) -> NodeConfig:
+    """Rebuild a :class:`NodeConfig` from its saved dict (unknown keys ignored)."""
     names = {f.name for f in fields(NodeConfig)}
     return NodeConfig(**{k: v for k, v in d.items() if k in names})
 

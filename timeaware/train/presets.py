@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 
 @dataclass(frozen=True)
 class Preset:
+    """One paper row: name, trainer kind, where it is in the paper, the options it sets."""
+
     name: str
     kind: str  # "node" or "ddpm"
     paper: str  # where the row is
@@ -132,6 +134,9 @@ PRESETS: dict[str, Preset] = {p.name: p for p in _node_presets() + _ddpm_presets
 
 
 def presets_for(kind: str) -> list[Preset]:
+    """The presets of one trainer, ``kind`` in {``node``, ``ddpm``}."""
+    if kind not in ("node", "ddpm"):
+        raise ValueError(f"kind: got {kind!r}, expected 'node' or 'ddpm'")
     return [p for p in PRESETS.values() if p.kind == kind]
 
 

@@ -94,6 +94,7 @@ class _Logits(nn.Module):
 
 
 def default_cache_dir() -> str:
+    """Where the quality classifier is cached: ``$TIMEAWARE_CACHE`` or ``~/.cache/timeaware``."""
     return os.environ.get(
         "TIMEAWARE_CACHE", os.path.join(os.path.expanduser("~"), ".cache", "timeaware")
     )
