@@ -589,6 +589,8 @@ def test_bad_arguments():
         tad.ddpm_training_loss(unet, torch.zeros(1, 3, 8, 8, dtype=torch.long))
     with pytest.raises(ValueError, match="num_train_timesteps"):
         tad.ddpm_training_loss(unet, torch.randn(1, 3, 8, 8), num_train_timesteps=0)
+    with pytest.raises(TypeError, match="beta_end: expected a float, got str"):
+        tad.ddpm_training_loss(unet, torch.randn(1, 3, 8, 8), beta_end="0.02")
     with pytest.raises(ValueError, match="beta_start, beta_end"):
         tad.ddpm_training_loss(unet, torch.randn(1, 3, 8, 8), beta_start=0.1, beta_end=0.01)
 
