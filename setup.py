@@ -26,7 +26,17 @@ setup(
         "torchmetrics>=1.0",
     ],
     extras_require={
-        "test": ["pytest>=7", "pytest-benchmark>=4", "ruff>=0.5"],
+        # timeaware.integrations.diffusers (imported only when asked for). diffusers itself does
+        # not require torch, so this never pulls another (CUDA) torch build.
+        "diffusers": ["diffusers>=0.42.1"],
+        # the version the diffusers tests compare against (diffusers 0.42 needs Python >= 3.11;
+        # on 3.10 the tests skip)
+        "test": [
+            "pytest>=7",
+            "pytest-benchmark>=4",
+            "ruff>=0.5",
+            "diffusers==0.42.1; python_version >= '3.11'",
+        ],
     },
     entry_points={"console_scripts": ["timeaware=timeaware.__main__:main"]},
 )
