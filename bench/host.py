@@ -85,7 +85,7 @@ class HostSettings:
 
 
 HOST_SETTINGS = {
-    "full": HostSettings(200, 7, 20),
+    "full": HostSettings(100, 7, 20),
     "quick": HostSettings(50, 3, 5),
 }
 

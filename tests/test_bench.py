@@ -161,7 +161,10 @@ def test_only_takes_commas_and_spaces():
         select(vs, ["gn-nope"])
 
 
-def test_deadline_writes_what_was_measured(tmp_path, capsys):
+def test_deadline_writes_what_was_measured(tmp_path, capsys, monkeypatch):
+    # main() sets TRITON_INTERPRET=1 for a CPU run: restore the variable afterwards
+    monkeypatch.setenv("TRITON_INTERPRET", os.environ.get("TRITON_INTERPRET", "0"))
+    before = signal.getsignal(signal.SIGTERM)
     rc = main(
         [
             "--quick",
@@ -182,9 +185,7 @@ def test_deadline_writes_what_was_measured(tmp_path, capsys):
     assert result["rows"], "the rows not run are listed"
     assert all(r["status"].startswith("skipped: not run: the --deadline") for r in result["rows"])
     assert "cut short" in capsys.readouterr().out
-    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL or callable(
-        signal.getsignal(signal.SIGTERM)
-    )
+    assert signal.getsignal(signal.SIGTERM) is before  # main's handler is gone again
 
 
 def test_stop_guard_turns_sigterm_into_stop_and_restores_handlers():
@@ -292,9 +293,9 @@ def test_torchdiffeq_example_loads_odefunc_state_dict_and_counts_13_launches():
 # --------------------------------------------------------------------------------------------
 # Counting
 # --------------------------------------------------------------------------------------------
-def test_count_fused_op_stubbed_and_budget():
+def test_count_fused_op_stubbed_and_budget(device):
     spec = OpSpec(2, 8, 4, 4, 4, "relu", ("conv_bias", "time"), torch.float32)
-    case = build_op(spec, "fused", CPU)
+    case = build_op(spec, "fused", torch.device(device))
     c = counting.count_case(case, "fwd", stub=True)
     assert c["stubbed"] is True and c["triton"] >= 1 and c["syncs"] == 0
     assert c["launches"] == c["triton"] + c["aten"]
@@ -343,7 +344,7 @@ def test_node_step_case_steps_match_nfe():
 # --------------------------------------------------------------------------------------------
 # Host overhead
 # --------------------------------------------------------------------------------------------
-def test_run_host_on_cpu_stubs_the_fused_launches(monkeypatch):
+def test_run_host_stubs_the_fused_launches(monkeypatch, device):
     launched = []
     real = host.measure_pair
 
@@ -352,10 +353,13 @@ def test_run_host_on_cpu_stubs_the_fused_launches(monkeypatch):
         return real(fns, stub, settings, device)
 
     monkeypatch.setattr(host, "measure_pair", spy)
-    out = host.run_host(CPU, host.HostSettings(iters=2, repeats=1, warmup=1))
-    assert out["variants"] == ["stubbed launch"]
-    assert len(out["rows"]) == len(host.HOST_CASES) * len(host.HOST_MODES)
-    assert all(s == {"fused"} for s in launched)
+    out = host.run_host(torch.device(device), host.HostSettings(iters=2, repeats=1, warmup=1))
+    # on CPU only stubbed launches; on a GPU the real calls too
+    want = ["stubbed launch"] if device == "cpu" else ["real", "stubbed launch"]
+    assert out["variants"] == want
+    assert len(out["rows"]) == len(host.HOST_CASES) * len(host.HOST_MODES) * len(want)
+    assert launched.count({"fused"}) == len(host.HOST_CASES) * len(host.HOST_MODES)
+    assert all(s in ({"fused"}, set()) for s in launched)
     for r in out["rows"]:
         assert r["status"] == "ok", r
         assert r["eager_us"] > 0 and r["fused_us"] > 0
@@ -458,15 +462,16 @@ def _fake_cuda(monkeypatch):
     )
 
 
-def test_run_baseline_cuda_path_with_fake_clock(monkeypatch):
+def test_run_baseline_cuda_path_with_fake_clock(monkeypatch, device):
     """The CUDA branch of run_baseline (three times, profiler count, same-size copy, counts
-    feeding K), on CPU tensors with the CUDA calls faked, then the report of its rows."""
+    feeding K), with the CUDA calls faked (on CPU tensors without a GPU), then the report."""
     _fake_cuda(monkeypatch)
+    dev = torch.device(device)
     vs = {v.label: v for v in variants("cpu")}
     v = vs["gn-node C64 8x8 fp32"]
     settings = timing.SETTINGS["quick"]
     counts = {}
-    for r in counting.count_variant(v, ["eager", "fused"], CPU):
+    for r in counting.count_variant(v, ["eager", "fused"], dev):
         counts[(r["variant"], r["mode"], r["baseline"])] = r
     ctx = {
         "settings": settings,
@@ -482,8 +487,8 @@ def test_run_baseline_cuda_path_with_fake_clock(monkeypatch):
             pass
 
     state = {}
-    rows = run_baseline(v, "eager", CPU, ctx, state, Prog())
-    rows += run_baseline(v, "fused", CPU, ctx, state, Prog())
+    rows = run_baseline(v, "eager", dev, ctx, state, Prog())
+    rows += run_baseline(v, "fused", dev, ctx, state, Prog())
     assert len(rows) == 6
     for r in rows:
         assert r["status"] == "ok", r
