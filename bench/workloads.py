@@ -28,10 +28,12 @@ training steps (forward, loss, backward; no optimizer update, so every repetitio
 problem and the NFE stays fixed) and have ``fwd+bwd`` only.
 
 Adding a baseline: an entry in :data:`BASELINE_INFO`, its name in the ``baselines`` of the
-workloads it applies to (:data:`GENERIC_BASELINES` for all), and a branch in their builders
-(``_op_function``, ``_ode_function``, ``_NODE_MODEL``...). Adding a workload: a builder returning
-a :class:`Case`, an entry in :data:`OP_WORKLOADS` (for another fused-op configuration) or in
-:func:`variants`, its id in :data:`WORKLOADS`, and its targets in ``bench.report.TARGETS``.
+workloads it applies to (:data:`GENERIC_BASELINES` for all), its model in their builders
+(``_op_function``, ``_ode_function``, one more entry of :data:`NODE_MODEL`), a speedup column in
+``bench.report.SPEEDUP_COLUMNS`` and its place in ``bench.__main__.PRIORITY``. Adding a workload:
+a builder returning a :class:`Case`, an entry in :data:`OP_WORKLOADS` (another fused-op
+configuration) or in :func:`variants`, its id in :data:`WORKLOADS`, and its targets in
+``bench.report.TARGETS``.
 """
 
 from __future__ import annotations
@@ -528,10 +530,15 @@ def attempted_steps(method: str, nfe: int) -> int | None:
     return (nfe - first) // per
 
 
-# NODE classifier per baseline: keyword arguments of NODEClassifier, and whether the ODE
-# function is replaced by torchdiffeq's example (the solver, stem and head stay eager)
-_NODE_MODEL = {
-    name: {"backend": BASELINE_INFO[name].backend, "example": name == "torchdiffeq-example"}
+# NODE classifier per baseline: its backend, whether the ODE function is replaced by
+# torchdiffeq's example (the solver, stem and head stay eager), and further NODEClassifier
+# keyword arguments (a baseline with another solver is one more entry here)
+NODE_MODEL = {
+    name: {
+        "backend": BASELINE_INFO[name].backend,
+        "example": name == "torchdiffeq-example",
+        "kwargs": {},
+    }
     for name in ODE_BASELINES
 }
 
@@ -547,7 +554,7 @@ def build_node_step(
     """NODE classifier training step: forward solve, cross-entropy, adjoint backward solve."""
     from timeaware.models import NODEClassifier
 
-    cfg = _NODE_MODEL[baseline]
+    cfg = NODE_MODEL[baseline]
     torch.manual_seed(0)
     model = NODEClassifier(
         in_channels=3,
@@ -555,6 +562,7 @@ def build_node_step(
         channels=channels,
         image_size=image_size,
         backend=cfg["backend"],
+        **cfg["kwargs"],
     )
     if cfg["example"]:
         example = TorchdiffeqODEfunc(channels)
