@@ -1,14 +1,20 @@
 """``python -m bench``: time every workload of DESIGN section 7 against every baseline.
 
-On a CUDA GPU each (workload, mode) row is timed for eager PyTorch, torch.compile (default and
-max-autotune), and the fused Triton backend, with ``triton.testing.do_bench``; the run also
-measures the device-to-device copy bandwidth (the roofline of the GB/s column) and checks the
-kernels against the reference. Without one it times the eager reference at small sizes and
-checks the kernels under the Triton interpreter; it reports no kernel speedup.
+A run (1) spot-checks the Triton kernels and the eager baselines against the reference, (2)
+counts kernel launches and host syncs per call of every baseline the counter sees
+(``bench.counting``), (3) times host overhead per call of the fused path against the eager ops it
+replaces (``bench.host``; ``--only host`` runs this alone) and (4) times every (workload, mode,
+baseline) row. On a CUDA GPU each row gets three times (device time with the L2 flushed,
+back-to-back time per call, host time per call), GB/s against a device copy of the same byte
+count, GPU activities per call from the profiler, and speedups and target verdicts. Without one
+it times eager PyTorch at small sizes and runs the kernels only under the Triton interpreter
+(stubbed while counting); it reports no kernel speedup.
 
-Writes ``<out>/<gpu-or-cpu>-<date>-<commit>.{json,md,png}`` and prints the markdown table on
-stdout; progress lines go to stderr. Exits 1 when the correctness check fails or an eager or
-fused row fails (a failing torch.compile row is reported, not fatal).
+Writes ``<out>/<gpu-or-cpu>-<date>-<commit>.{json,md,png}`` and prints the markdown tables on
+stdout; progress lines go to stderr. ``--deadline`` (or SIGTERM) stops the measurements and still
+writes what was measured. Exits 1 when the correctness check fails or an eager or fused row, a
+count or a host row fails (a failing torch.compile row is reported, not fatal), 143 after
+SIGTERM.
 """
 
 from __future__ import annotations
