@@ -1,19 +1,26 @@
 """``python -m bench``: time every workload of DESIGN section 7 against every baseline.
 
-On a CUDA GPU each (workload, mode) row is timed for eager PyTorch, torch.compile (default and
-max-autotune), and the fused Triton backend, with ``triton.testing.do_bench``; the run also
-measures the device-to-device copy bandwidth (the roofline of the GB/s column) and checks the
-kernels against the reference. Without one it times the eager reference at small sizes and
-checks the kernels under the Triton interpreter; it reports no kernel speedup.
+A run (1) spot-checks the Triton kernels and the eager baselines against the reference, (2)
+counts kernel launches and host syncs per call of every baseline the counter sees
+(``bench.counting``), (3) times host overhead per call of the fused path against the eager ops it
+replaces (``bench.host``; ``--only host`` runs this alone) and (4) times every (workload, mode,
+baseline) row. On a CUDA GPU each row gets three times (device time with the L2 flushed,
+back-to-back time per call, host time per call), GB/s against a device copy of the same byte
+count, GPU activities per call from the profiler, and speedups and target verdicts. Without one
+it times eager PyTorch at small sizes and runs the kernels only under the Triton interpreter
+(stubbed while counting); it reports no kernel speedup.
 
-Writes ``<out>/<gpu-or-cpu>-<date>-<commit>.{json,md,png}`` and prints the markdown table on
-stdout; progress lines go to stderr. Exits 1 when the correctness check fails or an eager or
-fused row fails (a failing torch.compile row is reported, not fatal).
+Writes ``<out>/<gpu-or-cpu>-<date>-<commit>.{json,md,png}`` and prints the markdown tables on
+stdout; progress lines go to stderr. ``--deadline`` (or SIGTERM) stops the measurements and still
+writes what was measured. Exits 1 when the correctness check fails or an eager or fused row, a
+count or a host row fails (a failing torch.compile row is reported, not fatal), 143 after
+SIGTERM.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import datetime
 import gc
@@ -28,8 +35,29 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 
 
+def _names(kind: str, valid: tuple[str, ...]):
+    """argparse type: one name, or several separated by commas, each in ``valid``."""
+
+    def parse(text: str) -> list[str]:
+        names = [t.strip() for t in text.split(",") if t.strip()]
+        if not names:
+            raise argparse.ArgumentTypeError(f"empty {kind} list {text!r}")
+        for n in names:
+            if n not in valid:
+                raise argparse.ArgumentTypeError(
+                    f"unknown {kind} {n!r}, expected one of {', '.join(valid)}"
+                )
+        return names
+
+    return parse
+
+
+def _flatten(lists):
+    return None if lists is None else [n for group in lists for n in group]
+
+
 def parse_args(argv=None) -> argparse.Namespace:
-    """Parse ``python -m bench``'s command line."""
+    """Parse ``python -m bench``'s command line (lists may be given with spaces or commas)."""
     from bench.workloads import BASELINES, DTYPES, WORKLOADS
 
     p = argparse.ArgumentParser(
@@ -40,13 +68,16 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument(
         "--only",
         nargs="+",
+        type=_names("workload", WORKLOADS),
         metavar="WORKLOAD",
-        help=f"run only these workloads, of {', '.join(WORKLOADS)}",
+        help=f"run only these workloads (spaces or commas), of {', '.join(WORKLOADS)}; "
+        "'host' is the host-overhead benchmark",
     )
     p.add_argument(
         "--quick",
         action="store_true",
-        help="fewer repetitions, smaller training steps, no max-autotune",
+        help="fewer repetitions, smaller training steps, no max-autotune; on CPU the fused "
+        "node-step is not counted (the Triton interpreter takes seconds per step)",
     )
     p.add_argument(
         "--dtype",
@@ -62,9 +93,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument(
         "--baselines",
         nargs="+",
-        choices=BASELINES,
-        help="baselines to run (default: all on CUDA, eager alone on CPU; 'fused' on "
-        "CPU runs the Triton interpreter: its time is no kernel speed)",
+        type=_names("baseline", BASELINES),
+        metavar="BASELINE",
+        help=f"baselines to time (spaces or commas), of {', '.join(BASELINES)} (default: all "
+        "on CUDA; eager and torchdiffeq-example on CPU, where 'fused' runs the Triton "
+        "interpreter: its time is no kernel speed)",
     )
     p.add_argument(
         "--max-autotune",
@@ -84,7 +117,25 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument(
         "--no-check", action="store_true", help="skip the correctness spot-check of the kernels"
     )
-    return p.parse_args(argv)
+    p.add_argument("--no-counts", action="store_true", help="skip counting launches and host syncs")
+    p.add_argument(
+        "--deadline",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="stop measuring this many seconds after the start: a row running then is "
+        "interrupted, rows not started are reported as skipped, and the results are written "
+        "(rows run cheapest baseline first: eager, fused, torchdiffeq-example, compile, "
+        "compile-max)",
+    )
+    args = p.parse_args(argv)
+    args.only = _flatten(args.only)
+    args.baselines = _flatten(args.baselines)
+    if args.deadline is not None and not args.deadline > 0:
+        p.error(f"--deadline: expected a positive number of seconds, got {args.deadline}")
+    if args.threads < 1:
+        p.error(f"--threads: expected an int >= 1, got {args.threads}")
+    return args
 
 
 def progress(msg: str) -> None:
@@ -208,6 +259,41 @@ def _free(device) -> None:
         torch.cuda.empty_cache()
 
 
+class Stop(BaseException):  # noqa: N818 - a control-flow signal like KeyboardInterrupt
+    """Stops the measurements: the ``--deadline`` passed (SIGALRM) or SIGTERM arrived.
+
+    A BaseException, so that library code catching ``Exception`` (torch.compile does) cannot
+    swallow it.
+    """
+
+
+@contextlib.contextmanager
+def stop_guard(deadline_s: float | None, t_start: float):
+    """Inside the block, SIGTERM and (with a deadline, seconds after ``t_start``) SIGALRM raise
+    :class:`Stop` in the main thread, so a run cut short still writes what it measured."""
+    import signal
+
+    def on_alarm(signum, frame):
+        raise Stop(f"the --deadline of {deadline_s:g} s passed")
+
+    def on_term(signum, frame):
+        raise Stop("terminated (SIGTERM)")
+
+    old_term = signal.signal(signal.SIGTERM, on_term)
+    old_alarm = None
+    if deadline_s is not None and hasattr(signal, "setitimer"):
+        old_alarm = signal.signal(signal.SIGALRM, on_alarm)
+        remaining = deadline_s - (time.perf_counter() - t_start)
+        signal.setitimer(signal.ITIMER_REAL, max(remaining, 0.001))
+    try:
+        yield
+    finally:
+        if old_alarm is not None:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            signal.signal(signal.SIGALRM, old_alarm)
+        signal.signal(signal.SIGTERM, old_term)
+
+
 class Progress:
     """Prints one line per finished row: ``[i/total] workload mode baseline time``."""
 
@@ -219,6 +305,12 @@ class Progress:
         if r["status"] == "ok":
             t = r["timing"]
             what = f"{t['median_ms']:10.4g} ms [{t['p20_ms']:.4g}, {t['p80_ms']:.4g}]"
+            loop = r.get("loop")
+            if loop:
+                what += (
+                    f"  back-to-back {loop['per_call']['median_ms']:.4g} ms, "
+                    f"host {loop['host']['median_ms']:.4g} ms (K={loop['calls']})"
+                )
             if r.get("nfe"):
                 what += f"  NFE {r['nfe'][0]}/{r['nfe'][1]}"
         else:
@@ -226,104 +318,192 @@ class Progress:
         width = len(str(self.total))
         progress(
             f"[{self.done:>{width}}/{self.total}] {r['variant']:<26} {r['mode']:<8} "
-            f"{r['baseline']:<12} {what}"
+            f"{r['baseline']:<20} {what}"
         )
 
 
-def run_variant(variant, baselines, device, settings, interp: bool, prog: Progress) -> list:
-    """Every (baseline, mode) row of one variant."""
+# Rows are timed baseline by baseline in this order (eager first: the others are compared with
+# it), so that a --deadline cuts the slow-to-compile baselines, not the cheap ones.
+PRIORITY = ("eager", "fused", "torchdiffeq-example", "compile", "compile-max")
+
+
+def _count_for(counts: dict, variant, mode: str, baseline: str) -> dict | None:
+    """The count row of (variant, mode, baseline); ``bwd`` borrows ``fwd+bwd``'s (an upper
+    bound); compiled baselines borrow eager's syncs (same Python around the compiled code)."""
+    c = counts.get((variant.label, mode, baseline))
+    if c is None and mode == "bwd":
+        c = counts.get((variant.label, "fwd+bwd", baseline))
+    return c if c is not None and c.get("status") == "ok" else None
+
+
+def run_baseline(
+    variant, baseline, device, ctx: dict, state: dict, prog: Progress, out: list | None = None
+) -> list:
+    """Every mode row of one variant on one baseline.
+
+    Args:
+        variant: the :class:`bench.workloads.Variant`.
+        baseline: a baseline name.
+        device: the torch device.
+        ctx: run-wide things: ``settings``, ``cuda`` (take the three CUDA times),
+            ``interp`` (a triton-backend row runs the interpreter), ``compare`` (several
+            baselines timed), ``counts`` (count rows by key), ``copy_cache``.
+        state: per-variant state shared across its baselines (eager's probe output and NFE).
+        prog: progress printer.
+        out: list the rows are appended to as they finish (so that a run stopped at its
+            deadline keeps the modes already measured); a new list by default.
+
+    Returns:
+        ``out``.
+    """
     from bench import timing
-    from bench.workloads import COMPILE_MODE, mode_fn, skip_reason
+    from bench.workloads import BASELINE_INFO, mode_fn, skip_reason
 
-    rows = []
-    eager_probe = eager_nfe = None
-    for baseline in baselines:
-        base = {
-            "workload": variant.workload,
-            "variant": variant.label,
-            "shape": variant.shape,
-            "dtype": variant.dtype,
-            "note": variant.note,
-            "baseline": baseline,
-            "interpreter": interp and baseline == "fused",
-        }
-        skip = skip_reason(variant, baseline)
-        if skip:
-            for mode in variant.modes:
-                rows.append({**base, "mode": mode, "status": f"skipped: {skip}"})
-                prog.row(rows[-1])
-            continue
-        if baseline in COMPILE_MODE:
-            import torch._dynamo
-
-            torch._dynamo.reset()
-            torch._dynamo.utils.counters.clear()
-        t0 = time.perf_counter()
-        try:
-            case = variant.build(baseline, device)
-        except Exception as e:  # noqa: BLE001 - a row that fails says why
-            for mode in variant.modes:
-                rows.append({**base, "mode": mode, "status": f"failed to build: {_reason(e)}"})
-                prog.row(rows[-1])
-            _free(device)
-            continue
-        extra = {}
-        nfe_step = False
-        try:  # seeded forward, compared with eager; compiles the inference graph
-            compare = len(baselines) > 1 and case.probe is not None
-            if baseline in COMPILE_MODE and variant.workload.endswith("-step"):
-                compare = False  # an extra inference-graph compile of a whole model: skip
-            out = case.probe().detach().float().cpu() if compare else None
-            if baseline == "eager":
-                eager_probe = out
-            elif out is not None and eager_probe is not None:
-                diff = (out - eager_probe).abs().max().item()
-                scale = eager_probe.abs().max().item()
-                extra["max_abs_diff_vs_eager"] = diff
-                extra["max_rel_diff_vs_eager"] = diff / scale if scale > 0 else diff
-        except Exception as e:  # noqa: BLE001
-            extra["probe_error"] = _reason(e)
-        try:  # one seeded training step: NFE; compiles the training graph
-            if case.nfe:
-                nfe = list(case.nfe())
-                nfe_step = True
-                extra["nfe"] = nfe
-                if baseline == "eager":
-                    eager_nfe = nfe
-                elif eager_nfe is not None:
-                    extra["nfe_match"] = nfe == eager_nfe
-        except Exception as e:  # noqa: BLE001
-            extra["nfe_error"] = _reason(e)
-        extra["setup_s"] = time.perf_counter() - t0  # build, probe and NFE step (compilation)
+    settings = ctx["settings"]
+    cuda = ctx["cuda"]  # the CUDA timings (a context flag, so that tests can fake them on CPU)
+    info = BASELINE_INFO[baseline]
+    rows = [] if out is None else out
+    base = {
+        "workload": variant.workload,
+        "variant": variant.label,
+        "shape": variant.shape,
+        "dtype": variant.dtype,
+        "note": variant.note,
+        "baseline": baseline,
+        "interpreter": ctx["interp"] and info.backend == "triton",
+    }
+    skip = skip_reason(variant, baseline)
+    if skip:
         for mode in variant.modes:
-            row = {**base, **extra, "mode": mode}
-            try:
-                fn = mode_fn(case, mode)
-                if not (nfe_step and mode == "fwd+bwd"):  # the NFE step was this warm-up
-                    t1 = time.perf_counter()
-                    fn()  # warm-up; compiles whatever the probe did not
-                    timing.synchronize(device)
-                    row["first_call_s"] = time.perf_counter() - t1
-                row["timing"] = timing.time_fn(fn, device, settings, case.leaves).as_dict()
-                row["peak_mem_bytes"] = timing.peak_memory_bytes(fn, device, case.leaves)
-                row["bytes"] = (case.bytes or {}).get(mode)
-                row["status"] = "ok"
-            except Exception as e:  # noqa: BLE001
-                row["status"] = f"failed: {_reason(e)}"
-            fn = None
-            if baseline in COMPILE_MODE:
-                row["dynamo"] = _dynamo_stats()
-            rows.append(row)
-            prog.row(row)
-            for t in case.leaves:
-                t.grad = None
-        del case
+            rows.append({**base, "mode": mode, "status": f"skipped: {skip}"})
+            prog.row(rows[-1])
+        return rows
+    if info.compiled:
+        import torch._dynamo
+
+        torch._dynamo.reset()
+        torch._dynamo.utils.counters.clear()
+    t0 = time.perf_counter()
+    try:
+        case = variant.build(baseline, device)
+    except Exception as e:  # noqa: BLE001 - a row that fails says why
+        for mode in variant.modes:
+            rows.append({**base, "mode": mode, "status": f"failed to build: {_reason(e)}"})
+            prog.row(rows[-1])
         _free(device)
+        return rows
+    extra = {}
+    nfe_step = False
+    try:  # seeded forward, compared with eager; compiles the inference graph
+        compare = ctx["compare"] and case.probe is not None
+        if info.compiled and variant.workload.endswith("-step"):
+            compare = False  # an extra inference-graph compile of a whole model: skip
+        out = case.probe().detach().float().cpu() if compare else None
+        if baseline == "eager":
+            state["eager_probe"] = out
+        elif out is not None and state.get("eager_probe") is not None:
+            ref = state["eager_probe"]
+            diff = (out - ref).abs().max().item()
+            scale = ref.abs().max().item()
+            extra["max_abs_diff_vs_eager"] = diff
+            extra["max_rel_diff_vs_eager"] = diff / scale if scale > 0 else diff
+    except Exception as e:  # noqa: BLE001
+        extra["probe_error"] = _reason(e)
+    try:  # one seeded training step: NFE; compiles the training graph
+        if case.nfe:
+            nfe = list(case.nfe())
+            nfe_step = True
+            extra["nfe"] = nfe
+            if baseline == "eager":
+                state["eager_nfe"] = nfe
+            elif state.get("eager_nfe") is not None:
+                extra["nfe_match"] = nfe == state["eager_nfe"]
+    except Exception as e:  # noqa: BLE001
+        extra["nfe_error"] = _reason(e)
+    extra["setup_s"] = time.perf_counter() - t0  # build, probe and NFE step (compilation)
+    for mode in variant.modes:
+        row = {**base, **extra, "mode": mode}
+        fn = None
+        try:
+            fn = mode_fn(case, mode)
+            if not (nfe_step and mode == "fwd+bwd"):  # the NFE step was this warm-up
+                t1 = time.perf_counter()
+                fn()  # warm-up; compiles whatever the probe did not
+                timing.synchronize(device)
+                row["first_call_s"] = time.perf_counter() - t1
+            row["timing"] = timing.time_fn(fn, device, settings, case.leaves).as_dict()
+            if cuda:
+                count = _count_for(ctx["counts"], variant, mode, baseline)
+                eager_count = _count_for(ctx["counts"], variant, mode, "eager")
+                try:
+                    row["gpu_activities"] = timing.gpu_activities(fn, device, case.leaves)
+                except Exception as e:  # noqa: BLE001 - the profiler is optional
+                    row["gpu_activities_error"] = _reason(e)
+                launches = count["launches"] if count else row.get("gpu_activities")
+                syncs = count["syncs"] if count else None
+                if syncs is None and info.compiled and eager_count:
+                    syncs = eager_count["syncs"]
+                row["loop"] = timing.time_back_to_back(
+                    fn, settings, case.leaves, launches=launches, syncs=syncs
+                ).as_dict()
+            row["peak_mem_bytes"] = timing.peak_memory_bytes(fn, device, case.leaves)
+            row["bytes"] = (case.bytes or {}).get(mode)
+            if row["bytes"] and not row["interpreter"]:
+                copy = timing.copy_same_size(row["bytes"], device, settings, ctx["copy_cache"])
+                row["copy"] = {
+                    "buffer_bytes": copy["buffer_bytes"],
+                    "median_ms": copy["timing"]["median_ms"],
+                    "gbps": copy["gbps"],
+                }
+            row["status"] = "ok"
+        except Exception as e:  # noqa: BLE001
+            row["status"] = f"failed: {_reason(e)}"
+        fn = None
+        if info.compiled:
+            row["dynamo"] = _dynamo_stats()
+        rows.append(row)
+        prog.row(row)
+        for t in case.leaves:
+            t.grad = None
+    del case
+    _free(device)
     return rows
 
 
+def _not_run_rows(pairs, done: set, why: str) -> list:
+    rows = []
+    for variant, baseline in pairs:
+        for mode in variant.modes:
+            if (variant.label, mode, baseline) not in done:
+                rows.append(
+                    {
+                        "workload": variant.workload,
+                        "variant": variant.label,
+                        "shape": variant.shape,
+                        "dtype": variant.dtype,
+                        "note": variant.note,
+                        "baseline": baseline,
+                        "mode": mode,
+                        "status": f"skipped: {why}",
+                    }
+                )
+    return rows
+
+
+def _order_rows(rows: list, todo: list, baselines: list) -> list:
+    """Rows in table order: variant by variant, baselines in ``BASELINES`` order, modes."""
+    from bench.workloads import BASELINES, MODES
+
+    vi = {v.label: i for i, v in enumerate(todo)}
+    bi = {b: i for i, b in enumerate(BASELINES)}
+    mi = {m: i for i, m in enumerate(MODES)}
+    return sorted(
+        rows, key=lambda r: (vi.get(r["variant"], 99), bi.get(r["baseline"], 99), mi[r["mode"]])
+    )
+
+
 def main(argv=None) -> int:
-    """Run the suite, print the table and write the JSON, markdown and PNG; return the exit code."""
+    """Run the suite, print the tables, write the JSON, markdown and PNG; return the exit code."""
     args = parse_args(argv)
     t_start = time.perf_counter()
     import torch
@@ -333,26 +513,30 @@ def main(argv=None) -> int:
         return 2
     use_cuda = torch.cuda.is_available() and args.device != "cpu"
     device = torch.device("cuda" if use_cuda else "cpu")
-    if not use_cuda:
-        torch.set_num_threads(max(1, args.threads))
-    baselines = args.baselines or (
-        ("eager", "compile", "compile-max", "fused") if use_cuda else ("eager",)
-    )
-    from bench.workloads import BASELINES
-
-    baselines = [b for b in BASELINES if b in baselines]
-    interp = not use_cuda and "fused" in baselines
-    if interp:  # must precede the first import of triton in this process
+    interp = not use_cuda
+    if interp:
+        # On CPU the fused path is counted (and, with --baselines fused, timed) through the
+        # Triton interpreter, which must be chosen before triton is first imported (touching
+        # torch._dynamo imports it).
+        if "triton" in sys.modules and os.environ.get("TRITON_INTERPRET") != "1":
+            progress("warning: triton was imported before TRITON_INTERPRET=1 could be set")
         os.environ["TRITON_INTERPRET"] = "1"
+        torch.set_num_threads(args.threads)
 
-    from bench import report, spotcheck, timing
-    from bench.workloads import select, variants
+    from bench import counting, host, report, spotcheck, timing
+    from bench.workloads import BASELINE_INFO, BASELINES, select, variants
 
+    timed = args.baselines or (list(BASELINES) if use_cuda else ["eager", "torchdiffeq-example"])
+    timed = [b for b in BASELINES if b in timed]
     profile = ("quick" if args.quick else "full") if use_cuda else "cpu"
     settings = timing.SETTINGS["cpu-quick" if (args.quick and not use_cuda) else profile]
     max_at = args.max_autotune or ("none" if args.quick else "ops")
+    only = args.only or []
+    run_host = not only or "host" in only
+    wanted = [n for n in only if n != "host"]
+    all_variants = variants(profile, args.dtype, max_at)
     try:
-        todo = select(variants(profile, args.dtype, max_at), args.only)
+        todo = select(all_variants, wanted) if wanted or not only else []
     except ValueError as e:
         progress(str(e))
         return 2
@@ -364,73 +548,126 @@ def main(argv=None) -> int:
     created = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
     progress(
         f"timeaware bench: {dev['name']}, profile {profile}, baselines "
-        f"{', '.join(baselines)}, {len(todo)} variants"
+        f"{', '.join(timed)}, {len(todo)} variants" + (", host overhead" if run_host else "")
     )
     if not use_cuda:
         progress(report.NO_GPU)
 
-    spot = None
-    if not args.no_check:
-        progress(
-            "correctness spot-check of the Triton kernels"
-            + ("" if use_cuda else " (Triton interpreter, subprocess)")
-            + " ..."
-        )
-        if use_cuda:
-            spot = spotcheck.run_checks("cuda")
-        else:
-            spot = spotcheck.run_subprocess(models=True, timeout=120 if args.quick else 240)
-        verdict = {True: "passed", False: "FAILED", None: "skipped"}[spot.get("ok")]
-        progress(f"  spot-check: {verdict}" + (f" ({spot['error']})" if spot.get("error") else ""))
-
-    progress("copy bandwidth ...")
-    copy = timing.copy_bandwidth(device, settings)
-    progress(f"  {copy['gbps']:.0f} GB/s")
-
-    prog = Progress(sum(len(v.modes) for v in todo) * len(baselines))
-    rows = []
-    for v in todo:
-        rows += run_variant(v, baselines, device, settings, interp, prog)
+    order = [b for b in PRIORITY if b in timed] + [b for b in timed if b not in PRIORITY]
+    pairs = [(v, b) for b in order for v in todo if b in v.baselines]
+    ctx = {
+        "settings": settings,
+        "cuda": use_cuda,
+        "interp": interp,
+        "compare": len(timed) > 1,
+        "counts": {},
+        "copy_cache": {},
+    }
+    spot = host_result = copy = None
+    count_rows: list = []
+    rows: list = []
+    stopped = None
+    try:
+        with stop_guard(args.deadline, t_start):
+            if not args.no_check:
+                progress(
+                    "correctness spot-check of the Triton kernels and the eager baseline"
+                    + ("" if use_cuda else " (Triton interpreter, subprocess)")
+                    + " ..."
+                )
+                if use_cuda:
+                    spot = spotcheck.run_checks("cuda")
+                else:
+                    spot = spotcheck.run_subprocess(models=True, timeout=120 if args.quick else 240)
+                verdict = {True: "passed", False: "FAILED", None: "skipped"}[spot.get("ok")]
+                progress(
+                    f"  spot-check: {verdict}"
+                    + (f" ({spot['error']})" if spot.get("error") else "")
+                )
+            if todo and not args.no_counts:
+                progress("launches and host syncs per call ...")
+                for v in todo:
+                    new = counting.count_variant(
+                        v, list(BASELINES), device, progress, interpret=not args.quick
+                    )
+                    count_rows += new
+                    ctx["counts"].update({(r["variant"], r["mode"], r["baseline"]): r for r in new})
+            if run_host:
+                progress("host overhead per call ...")
+                hs = host.HOST_SETTINGS["quick" if args.quick else "full"]
+                host_result = host.run_host(device, hs, progress)
+            if todo:
+                progress("peak copy bandwidth ...")
+                copy = timing.copy_bandwidth(device, settings)
+                progress(f"  {copy['gbps']:.0f} GB/s")
+            prog = Progress(sum(len(v.modes) for v, _ in pairs))
+            states: dict = {}
+            for v, b in pairs:
+                run_baseline(v, b, device, ctx, states.setdefault(v.label, {}), prog, rows)
+    except Stop as e:
+        stopped = str(e)
+        progress(f"stopped: {stopped}; writing what was measured")
+    done = {(r["variant"], r["mode"], r["baseline"]) for r in rows}
+    if stopped:
+        rows += _not_run_rows(pairs, done, f"not run: {stopped}")
+    rows = _order_rows(rows, todo, timed)
 
     notes = [
         "Timing: "
         + (
-            "triton.testing.do_bench (CUDA events; L2 cleared before every "
-            "repetition; warm-up and compilation outside the timing); "
+            "three times per row: device = triton.testing.do_bench (CUDA events; L2 cleared "
+            "before every repetition, which also hides the host time); back-to-back = CUDA "
+            "events around a loop of K calls without flush or sync, / K (what a training "
+            "loop sees); host = the host clock over the same loop before its final "
+            "synchronize, / K, with K x launches per call below the launch queue's depth. "
+            "Warm-up and compilation outside the timing; "
             if use_cuda
-            else "wall clock on CPU; "
+            else "wall clock on CPU (the host is the device there); "
         )
         + "median with the 20% and 80% quantiles.",
         "Modes: fwd = forward under torch.no_grad(); bwd = backward of a graph built once; "
         "fwd+bwd = both. *-step rows are training steps (forward, loss, backward; no "
         "optimizer update, so every repetition does the same work).",
-        "GB/s: compulsory traffic (each input and output tensor read or written once) over "
-        "the median time.",
-        "Baselines: eager = reference backend; compile = torch.compile of the same eager code "
-        "(default mode); compile-max = mode max-autotune-no-cudagraphs; fused = Triton backend. "
-        "Targets compare with the faster of the two compile baselines.",
+        "GB/s: compulsory traffic (each input and output tensor read or written once, in the "
+        "fused op's layout) over the median device time; % of a device copy of the same byte "
+        "count, timed the same way in this run.",
+        "Baselines: "
+        + "; ".join(f"{b.name} = {b.description}" for b in BASELINE_INFO.values())
+        + ". Targets against compile use the faster of the two compile baselines; speedups "
+        "are shown as device / back-to-back, and a speed target is met only when both are.",
     ]
     if not use_cuda:
         notes.append("Sizes are shrunk for CPU (shape column); they are not DESIGN section 7's.")
-    if interp:
+        notes.append(
+            "Launch counts on CPU: the fused kernels are stubbed out (their launchers run, "
+            "the kernel does not); node-step's fused count ran the Triton interpreter for "
+            "real at the small size shown, every baseline at that size."
+        )
+    if interp and "fused" in timed:
         notes.append(
             "fused rows on CPU ran the Triton interpreter: their times are not kernel "
             "speed and no speedup is computed from them."
         )
+    if stopped:
+        notes.append(f"This run was cut short: {stopped}; rows not run say so.")
     result = {
-        "schema": 1,
+        "schema": 2,
         "created": created,
         "argv": sys.argv[1:] if argv is None else list(argv),
         "profile": profile,
         "quick": args.quick,
-        "baselines": baselines,
+        "baselines": timed,
         "device": dev,
         "versions": versions(),
         "git": _git(),
         "settings": dataclasses.asdict(settings),
         "copy": copy,
+        "copy_same_size": sorted(ctx["copy_cache"].values(), key=lambda c: c["buffer_bytes"]),
         "spot_check": spot,
+        "counts": count_rows,
+        "host": host_result,
         "rows": rows,
+        "stopped": stopped,
         "notes": notes,
     }
     result["wall_s"] = time.perf_counter() - t_start
@@ -450,12 +687,17 @@ def main(argv=None) -> int:
     failed = [
         r for r in rows if r["baseline"] in ("eager", "fused") and r["status"].startswith("failed")
     ]
+    failed += [r for r in count_rows if r["status"].startswith("failed")]
+    if host_result:
+        failed += [r for r in host_result["rows"] if r["status"].startswith("failed")]
     if spot is not None and spot.get("ok") is False:
         progress("correctness spot-check FAILED")
         return 1
     if failed:
-        progress(f"{len(failed)} eager/fused rows failed")
+        progress(f"{len(failed)} eager/fused rows, counts or host rows failed")
         return 1
+    if stopped and stopped.startswith("terminated"):
+        return 143
     return 0
 
 

@@ -12,7 +12,7 @@ pytestmark = pytest.mark.skipif(
     reason="benchmarks need a CUDA GPU; on CPU run `python -m bench` (eager timings + checks)",
 )
 
-BASELINES = ("eager", "compile", "fused")
+BASELINES = ("eager", "compile", "fused", "torchdiffeq-example")
 ROUNDS = {"odefunc": 100, "node-step": 10, "ddpm-step": 10}
 CASES = [
     pytest.param(v, mode, b, id=f"{v.label}-{mode}-{b}".replace(" ", "-"))
@@ -20,6 +20,7 @@ CASES = [
     if v.workload in ROUNDS
     for mode in v.modes
     for b in BASELINES
+    if b in v.baselines
 ]
 
 

@@ -3,21 +3,37 @@
 A :class:`Variant` is one row group of the table (a workload at one shape and dtype); its
 ``build(baseline, device)`` returns a :class:`Case`: the inputs and the forward callable for that
 baseline, with everything the timing and the report need (leaves whose ``.grad`` is reset between
-repetitions, the explicit byte count of each mode, the NFE of a solve).
+repetitions, the explicit byte count of each mode, the NFE of a solve, the solver steps).
 
-Baselines, all on the same inputs and the same weights (every build is seeded identically):
+Baselines (:data:`BASELINE_INFO`), all on the same input values and the same weights (every build
+is seeded identically):
 
-    eager        the reference backend: plain eager PyTorch (adds + F.group_norm + act)
-    compile      torch.compile (default mode) of that same eager code
-    compile-max  torch.compile(mode="max-autotune-no-cudagraphs"): autotuned Triton templates,
-                 without CUDA graphs, which the fused backend does not use either
-    fused        the Triton backend of timeaware
+    eager                plain eager PyTorch, as a user writes it: for the op, adds +
+                         ``F.group_norm`` + act in the input dtype (:func:`eager_group_norm_act`;
+                         bf16 runs PyTorch's own bf16 path); for the models, timeaware's
+                         reference backend
+    compile              torch.compile (default mode) of that same eager code
+    compile-max          torch.compile(mode="max-autotune-no-cudagraphs"): autotuned Triton
+                         templates, without CUDA graphs, which the fused backend does not use either
+    fused                the Triton backend of timeaware
+    torchdiffeq-example  (odefunc, node-step) torchdiffeq's example ODE function
+                         (examples/odenet_mnist.py: cat + conv + GroupNorm + ReLU), written
+                         out in :class:`TorchdiffeqODEfunc`, with the state dict of
+                         ``timeaware.ODEFunc``
 
 Modes: ``fwd`` is the forward alone under ``torch.no_grad()`` (the adjoint solve and sampling
 run it so); ``bwd`` is ``out.backward(dy, retain_graph=True)`` on a graph built once outside the
 timing; ``fwd+bwd`` is the forward with autograd plus the backward. The ``*-step`` workloads are
 training steps (forward, loss, backward; no optimizer update, so every repetition solves the same
 problem and the NFE stays fixed) and have ``fwd+bwd`` only.
+
+Adding a baseline: an entry in :data:`BASELINE_INFO`, its name in the ``baselines`` of the
+workloads it applies to (:data:`GENERIC_BASELINES` for all), its model in their builders
+(``_op_function``, ``_ode_function``, one more entry of :data:`NODE_MODEL`), a speedup column in
+``bench.report.SPEEDUP_COLUMNS`` and its place in ``bench.__main__.PRIORITY``. Adding a workload:
+a builder returning a :class:`Case`, an entry in :data:`OP_WORKLOADS` (another fused-op
+configuration) or in :func:`variants`, its id in :data:`WORKLOADS`, and its targets in
+``bench.report.TARGETS``.
 """
 
 from __future__ import annotations
@@ -29,21 +45,71 @@ from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 
-BASELINES = ("eager", "compile", "compile-max", "fused")
 MODES = ("fwd", "bwd", "fwd+bwd")
-WORKLOADS = ("gn-node", "gn-ddpm", "gn-g1", "odefunc", "node-step", "ddpm-step")
 PROFILES = ("full", "quick", "cpu")
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+# ``host`` is not a Variant: it selects the host-overhead benchmark (bench.host)
+WORKLOADS = ("gn-node", "gn-ddpm", "gn-g1", "odefunc", "node-step", "ddpm-step", "host")
 
-BACKEND_OF = {
-    "eager": "reference",
-    "compile": "reference",
-    "compile-max": "reference",
-    "fused": "triton",
+
+@dataclass(frozen=True)
+class Baseline:
+    """One baseline of the table.
+
+    Attributes:
+        name: its id in the table, the JSON and ``--baselines``.
+        backend: the timeaware backend its models run (``"reference"`` or ``"triton"``).
+        compile_mode: ``torch.compile`` mode, or None when the baseline is not compiled.
+        compiled: whether the baseline runs through ``torch.compile``.
+        description: one line for the report's notes.
+    """
+
+    name: str
+    backend: str
+    description: str
+    compiled: bool = False
+    compile_mode: str | None = None
+
+
+BASELINE_INFO = {
+    b.name: b
+    for b in (
+        Baseline(
+            "eager",
+            "reference",
+            "plain eager PyTorch as a user writes it (op: adds + F.group_norm + act in the input "
+            "dtype, parameters in that dtype too; models: timeaware's reference backend)",
+        ),
+        Baseline(
+            "compile",
+            "reference",
+            "torch.compile of the same eager code (default mode)",
+            compiled=True,
+        ),
+        Baseline(
+            "compile-max",
+            "reference",
+            "torch.compile(mode='max-autotune-no-cudagraphs') of the same eager code",
+            compiled=True,
+            compile_mode="max-autotune-no-cudagraphs",
+        ),
+        Baseline("fused", "triton", "timeaware's Triton backend"),
+        Baseline(
+            "torchdiffeq-example",
+            "reference",
+            "torchdiffeq's examples/odenet_mnist.py ODEfunc written out (cat + conv + "
+            "GroupNorm + ReLU), with the state dict of timeaware.ODEFunc",
+        ),
+    )
 }
-COMPILE_MODE = {"compile": None, "compile-max": "max-autotune-no-cudagraphs"}
+BASELINES = tuple(BASELINE_INFO)
+GENERIC_BASELINES = ("eager", "compile", "compile-max", "fused")
+ODE_BASELINES = (*GENERIC_BASELINES, "torchdiffeq-example")
+# kept for callers of the old names
+BACKEND_OF = {name: b.backend for name, b in BASELINE_INFO.items()}
+COMPILE_MODE = {name: b.compile_mode for name, b in BASELINE_INFO.items() if b.compiled}
 
 
 def dtype_name(dtype: torch.dtype) -> str:
@@ -64,6 +130,9 @@ class Case:
             None where a byte count means little (convolutions, solvers).
         nfe: runs one seeded training step and returns (NFE-F, NFE-B), or None.
         probe: seeded forward under no_grad whose output is compared with the eager one.
+        steps: attempted solver steps (forward plus backward solve) of the last training step,
+            or None when they cannot be told (see :func:`attempted_steps`).
+        last_nfe: (NFE-F, NFE-B) of the last training step, without running one.
     """
 
     forward: Callable[[], Tensor]
@@ -72,11 +141,26 @@ class Case:
     bytes: dict[str, int] | None = None
     nfe: Callable[[], tuple[int, int]] | None = None
     probe: Callable[[], Tensor] | None = None
+    steps: Callable[[], int | None] | None = None
+    last_nfe: Callable[[], tuple[int, int]] | None = None
 
 
 @dataclass(frozen=True)
 class Variant:
-    """One workload at one shape and dtype: a group of rows in the table."""
+    """One workload at one shape and dtype: a group of rows in the table.
+
+    Attributes:
+        workload, label, shape, dtype, modes, build, note: what the table shows and how to
+            build a :class:`Case` (``build(baseline, device)``).
+        skip: (baseline, why it is not run) pairs.
+        baselines: the baselines that apply to this workload (others get no row).
+        count_modes: modes whose launches and syncs are counted (``bench.counting``).
+        count_build: builds the case that is counted, ``count_build(baseline, device)``, or
+            None for ``build`` itself.
+        count_shape: the shape of the counted case when it differs from ``shape``.
+        stub_ok: whether the Triton launches may be stubbed out while counting (no control
+            flow depends on the values; a solver's step control does).
+    """
 
     workload: str
     label: str
@@ -85,7 +169,14 @@ class Variant:
     modes: tuple[str, ...]
     build: Callable[[str, torch.device], Case] = field(repr=False, compare=False)
     note: str = ""
-    skip: tuple[tuple[str, str], ...] = ()  # (baseline, why it is not run)
+    skip: tuple[tuple[str, str], ...] = ()
+    baselines: tuple[str, ...] = GENERIC_BASELINES
+    count_modes: tuple[str, ...] = ()
+    count_build: Callable[[str, torch.device], Case] | None = field(
+        default=None, repr=False, compare=False
+    )
+    count_shape: str | None = None
+    stub_ok: bool = True
 
 
 def mode_fn(case: Case, mode: str) -> Callable[[], object]:
@@ -128,9 +219,73 @@ def _nbytes(*tensors) -> int:
     return sum(t.numel() * t.element_size() for t in tensors if isinstance(t, Tensor))
 
 
+def _maybe_compile_fn(fn: Callable, baseline: str) -> Callable:
+    info = BASELINE_INFO[baseline]
+    return torch.compile(fn, mode=info.compile_mode) if info.compiled else fn
+
+
 # --------------------------------------------------------------------------------------------
 # gn-*: the fused op alone
 # --------------------------------------------------------------------------------------------
+_ACT = {"identity": lambda y: y, "relu": F.relu, "silu": F.silu}
+
+
+def eager_group_norm_act(
+    x: Tensor,
+    num_groups: int,
+    weight: Tensor | None = None,
+    bias: Tensor | None = None,
+    eps: float = 1e-5,
+    *,
+    act: str = "identity",
+    conv_bias: Tensor | None = None,
+    emb: Tensor | None = None,
+    time: Tensor | None = None,
+    time_map: Tensor | None = None,
+    pos: Tensor | None = None,
+) -> Tensor:
+    """The fused op as a user writes it in eager PyTorch: the eager baseline of the gn rows.
+
+    Plain ops in the dtype of the tensors given (no upcast: bf16 tensors run PyTorch's bf16
+    ``F.group_norm``), unlike ``timeaware.reference.group_norm_act_ref``, which computes fp16/bf16
+    inputs in fp32 and is the ground truth, not a baseline.
+
+    Args:
+        x: (N, C, H, W).
+        num_groups: G, a divisor of C.
+        weight, bias: (C,) affine, or None.
+        eps: added to the variance.
+        act: ``"identity"``, ``"relu"`` or ``"silu"``.
+        conv_bias: (C,). emb: (N, C). time: (N,) with time_map (C, H, W). pos: (N or 1, H, W).
+
+    Returns:
+        (N, C, H, W): ``act(F.group_norm(x + addends, num_groups, weight, bias, eps))``.
+
+    Raises:
+        TypeError: ``x`` is not a tensor.
+        ValueError: an unknown ``act``, or ``time_map`` without ``time``.
+    """
+    if not isinstance(x, Tensor):
+        raise TypeError(f"x: expected a torch.Tensor (N, C, H, W), got {type(x).__name__}")
+    if act not in _ACT:
+        raise ValueError(f"act: got {act!r}, expected one of {tuple(_ACT)}")
+    if (time is None) != (time_map is None):
+        raise ValueError(
+            f"time/time_map: got time={'None' if time is None else 'a tensor'} and "
+            f"time_map={'None' if time_map is None else 'a tensor'}, expected both or neither"
+        )
+    u = x
+    if conv_bias is not None:
+        u = u + conv_bias.view(1, -1, 1, 1)
+    if emb is not None:
+        u = u + emb[:, :, None, None]
+    if time_map is not None:
+        u = u + time.view(-1, 1, 1, 1) * time_map
+    if pos is not None:
+        u = u + pos[:, None]
+    return _ACT[act](F.group_norm(u, num_groups, weight, bias, eps))
+
+
 @dataclass(frozen=True)
 class OpSpec:
     """Shape, dtype, addends and activation of one fused-op workload."""
@@ -150,54 +305,84 @@ class OpSpec:
 
 
 def _op_function(baseline: str) -> Callable[..., Tensor]:
-    if baseline in COMPILE_MODE:
-        from timeaware.reference import group_norm_act_ref
+    if BASELINE_INFO[baseline].backend == "triton":
+        from timeaware.ops import group_norm_act
 
-        return torch.compile(group_norm_act_ref, mode=COMPILE_MODE[baseline])
-    from timeaware.ops import group_norm_act
+        return functools.partial(group_norm_act, backend="triton")
+    return _maybe_compile_fn(eager_group_norm_act, baseline)
 
-    return functools.partial(group_norm_act, backend=BACKEND_OF[baseline])
+
+def op_inputs(spec: OpSpec, baseline: str, device: torch.device) -> dict[str, Tensor]:
+    """The seeded inputs of the op for ``baseline``, as that baseline takes them.
+
+    Every value is representable in ``spec.dtype``, so all baselines see the same numbers: the
+    plain-PyTorch baselines get every tensor in ``spec.dtype`` (a bf16 user has bf16 parameters
+    and a bf16 time); the fused op gets the parameters and ``time`` in fp32 (its contract).
+
+    Returns:
+        ``{"x", "weight", "beta", addends..., "dy"}``; ``time`` does not require grad, every other
+        tensor but ``dy`` does.
+    """
+    gen = torch.Generator(device=device).manual_seed(0)
+    plain = BASELINE_INFO[baseline].backend != "triton"
+
+    def rnd(*shape, scale=1.0, shift=0.0):
+        t = torch.randn(*shape, generator=gen, device=device, dtype=torch.float32)
+        return (t * scale + shift).to(spec.dtype)
+
+    n, c, h, w = spec.n, spec.c, spec.h, spec.w
+    t = {"x": rnd(n, c, h, w), "weight": rnd(c, scale=0.1, shift=1.0), "beta": rnd(c, scale=0.1)}
+    if "conv_bias" in spec.addends:
+        t["conv_bias"] = rnd(c, scale=0.1)
+    if "emb" in spec.addends:
+        t["emb"] = rnd(n, c)
+    if "time" in spec.addends:
+        t["time"] = torch.rand(n, generator=gen, device=device).to(spec.dtype)
+        t["time_map"] = rnd(c, h, w, scale=0.1)
+    if "pos" in spec.addends:
+        t["pos"] = rnd(n, h, w)
+    t["dy"] = rnd(n, c, h, w)
+    fp32 = () if plain else ("weight", "beta", "time")
+    out = {}
+    for k, v in t.items():
+        v = v.float() if k in fp32 else v
+        out[k] = v.requires_grad_(k not in ("time", "dy"))
+    return out
+
+
+def op_bytes(spec: OpSpec) -> dict[str, int]:
+    """Compulsory traffic of each mode, in the fused op's layout (the same for every baseline).
+
+    Inputs in ``spec.dtype``, parameters and ``time`` in fp32, fp32 mean and rstd in backward.
+    """
+    e = torch.tensor([], dtype=spec.dtype).element_size()
+    n, c, hw = spec.n, spec.c, spec.h * spec.w
+    act = n * c * hw * e
+    params = 2 * c * 4
+    addend = {"conv_bias": c * e, "emb": n * c * e, "time": n * 4 + c * hw * e, "pos": n * hw * e}
+    add = sum(addend[a] for a in spec.addends)
+    add_grads = add - (n * 4 if "time" in spec.addends else 0)  # no grad of time
+    stats = n * spec.groups * 4 * 2
+    fwd = act + add + params + act  # read x, addends, params; write y
+    bwd = 2 * act + add + params + stats + act + params + add_grads  # dy, x in; dx, grads out
+    return {"fwd": fwd, "bwd": bwd, "fwd+bwd": fwd + stats + bwd}
 
 
 def build_op(spec: OpSpec, baseline: str, device: torch.device) -> Case:
     """The op of DESIGN section 1 with ``spec``'s addends, on ``baseline``."""
-    gen = torch.Generator(device=device).manual_seed(0)
-
-    def rnd(*shape, scale=1.0, shift=0.0, dtype=spec.dtype, grad=True):
-        t = torch.randn(*shape, generator=gen, device=device, dtype=torch.float32)
-        return (t * scale + shift).to(dtype).requires_grad_(grad)
-
-    n, c, h, w = spec.n, spec.c, spec.h, spec.w
-    x = rnd(n, c, h, w)
-    weight = rnd(c, scale=0.1, shift=1.0, dtype=torch.float32)
-    beta = rnd(c, scale=0.1, dtype=torch.float32)
-    add = {}
-    if "conv_bias" in spec.addends:
-        add["conv_bias"] = rnd(c, scale=0.1)
-    if "emb" in spec.addends:
-        add["emb"] = rnd(n, c)
-    if "time" in spec.addends:
-        add["time"] = torch.rand(n, generator=gen, device=device)
-        add["time_map"] = rnd(c, h, w, scale=0.1)
-    if "pos" in spec.addends:
-        add["pos"] = rnd(n, h, w)
+    a = op_inputs(spec, baseline, device)
     fn = _op_function(baseline)
+    add = {k: a[k] for k in ("conv_bias", "emb", "time", "time_map", "pos") if k in a}
 
     def forward():
-        return fn(x, spec.groups, weight, beta, 1e-5, act=spec.act, **add)
+        return fn(a["x"], spec.groups, a["weight"], a["beta"], 1e-5, act=spec.act, **add)
 
-    leaves = [x, weight, beta] + [t for t in add.values() if t.requires_grad]
-    params = [weight, beta]
-    addends = list(add.values())
-    stats = n * spec.groups * 4 * 2  # fp32 mean and rstd
-    fwd = _nbytes(x, *addends, *params) + _nbytes(x)  # read all, write y
-    grads = _nbytes(*[t for t in addends + params if t.requires_grad])
-    bwd = _nbytes(x, x, *addends, *params) + stats + _nbytes(x) + grads  # dy, x in; dx out
+    leaves = [v for k, v in a.items() if v.requires_grad]
     return Case(
         forward=forward,
         leaves=leaves,
-        cotangent=torch.randn(n, c, h, w, generator=gen, device=device).to(spec.dtype),
-        bytes={"fwd": fwd, "bwd": bwd, "fwd+bwd": fwd + stats + bwd},
+        cotangent=a["dy"],
+        bytes=op_bytes(spec),
         probe=lambda: _no_grad(forward),
     )
 
@@ -219,6 +404,53 @@ def _no_grad(f):
 # --------------------------------------------------------------------------------------------
 # odefunc, node-step, ddpm-step: the models (timeaware.models, imported when built)
 # --------------------------------------------------------------------------------------------
+class TorchdiffeqConcatConv2d(nn.Module):
+    """torchdiffeq's example ``ConcatConv2d``: a conv over ``cat([t * ones, x])``.
+
+    Shapes: t a number or 0-d tensor; x (N, C_in, H, W) -> (N, C_out, H', W').
+    """
+
+    def __init__(self, dim_in: int, dim_out: int, ksize: int = 3, stride: int = 1, padding=0):
+        super().__init__()
+        self._layer = nn.Conv2d(dim_in + 1, dim_out, ksize, stride, padding)
+
+    def forward(self, t, x: Tensor) -> Tensor:
+        tt = torch.ones_like(x[:, :1, :, :]) * t
+        return self._layer(torch.cat([tt, x], 1))
+
+
+class TorchdiffeqODEfunc(nn.Module):
+    """torchdiffeq's example ``ODEfunc`` (examples/odenet_mnist.py), the baseline NODE users run.
+
+    norm1 -> ReLU -> conv1 (ConcatConv) -> norm2 -> ReLU -> conv2 (ConcatConv) -> norm3, with
+    ``nn.GroupNorm(min(32, dim), dim)`` and an in-place ReLU, as in the example. Its state dict
+    is that of ``timeaware.models.ODEFunc(dim)`` (which loads torchdiffeq checkpoints).
+
+    Shapes: t a number or 0-d tensor; x (N, dim, H, W) -> (N, dim, H, W).
+    """
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.norm1 = nn.GroupNorm(min(32, dim), dim)
+        self.relu = nn.ReLU(inplace=True)
+        self.conv1 = TorchdiffeqConcatConv2d(dim, dim, 3, 1, 1)
+        self.norm2 = nn.GroupNorm(min(32, dim), dim)
+        self.conv2 = TorchdiffeqConcatConv2d(dim, dim, 3, 1, 1)
+        self.norm3 = nn.GroupNorm(min(32, dim), dim)
+        self.nfe = 0
+
+    def forward(self, t, x: Tensor) -> Tensor:
+        self.nfe += 1
+        out = self.norm1(x)
+        out = self.relu(out)
+        out = self.conv1(t, out)
+        out = self.norm2(out)
+        out = self.relu(out)
+        out = self.conv2(t, out)
+        out = self.norm3(out)
+        return out
+
+
 def _maybe_compile(module: torch.nn.Module, baseline: str) -> None:
     """Compile ``module`` in place (so counters such as ``ODEFunc.nfe`` stay on it).
 
@@ -227,18 +459,32 @@ def _maybe_compile(module: torch.nn.Module, baseline: str) -> None:
     ``allow_unspec_int_on_nn_module``, set by the harness) instead of recompiling at every call,
     as ``dynamic=False`` would.
     """
-    if baseline in COMPILE_MODE:
-        module.compile(mode=COMPILE_MODE[baseline])
+    info = BASELINE_INFO[baseline]
+    if info.compiled:
+        module.compile(mode=info.compile_mode)
+
+
+def _ode_function(baseline: str, c: int, device: torch.device) -> nn.Module:
+    """The ODE function of ``baseline``, seeded: the same weights for every baseline."""
+    from timeaware.models import ODEFunc
+
+    torch.manual_seed(0)
+    func = ODEFunc(channels=c, backend=BASELINE_INFO[baseline].backend)
+    if baseline == "torchdiffeq-example":
+        example = TorchdiffeqODEfunc(c)
+        example.load_state_dict(func.state_dict())
+        func = example
+    return func.to(device)
 
 
 def build_odefunc(
     n: int, c: int, hw: int, amp: torch.dtype | None, baseline: str, device: torch.device
 ) -> Case:
-    """The paper's ODE function [GN-ReLU-ConcatConv-GN-ReLU-ConcatConv-GN] at one time t."""
-    from timeaware.models import ODEFunc
+    """The paper's ODE function [GN-ReLU-ConcatConv-GN-ReLU-ConcatConv-GN] at one time t.
 
-    torch.manual_seed(0)
-    func = ODEFunc(channels=c, backend=BACKEND_OF[baseline]).to(device)
+    ``t`` does not require grad (as inside a forward solve).
+    """
+    func = _ode_function(baseline, c, device)
     _maybe_compile(func, baseline)
     gen = torch.Generator(device=device).manual_seed(0)
     x = torch.randn(n, c, hw, hw, generator=gen, device=device).requires_grad_(True)
@@ -260,20 +506,73 @@ def _nfe_of(block) -> tuple[int, int]:
     return int(getattr(block, "nfe_forward", -1)), int(getattr(block, "nfe_backward", -1))
 
 
+# NFE = first + per_step x attempted steps, per solve (torchdiffeq's dopri5: one evaluation at
+# t0, one to pick the first step, then six per attempted step, FSAL)
+NFE_PER_STEP = {"dopri5": (2, 6)}
+
+
+def attempted_steps(method: str, nfe: int) -> int | None:
+    """Attempted steps of one solve from its NFE, or None when ``method``'s rule is unknown or
+    the NFE does not fit it.
+
+    Args:
+        method: solver name (a key of :data:`NFE_PER_STEP`).
+        nfe: evaluations of one solve (>= 0).
+    """
+    if not isinstance(nfe, int) or isinstance(nfe, bool) or nfe < 0:
+        raise ValueError(f"nfe: expected an int >= 0, got {nfe!r}")
+    rule = NFE_PER_STEP.get(method)
+    if rule is None or nfe == 0:
+        return None if rule is None else 0
+    first, per = rule
+    if nfe < first or (nfe - first) % per:
+        return None
+    return (nfe - first) // per
+
+
+# NODE classifier per baseline: its backend, whether the ODE function is replaced by
+# torchdiffeq's example (the solver, stem and head stay eager), and further NODEClassifier
+# keyword arguments (a baseline with another solver is one more entry here)
+NODE_MODEL = {
+    name: {
+        "backend": BASELINE_INFO[name].backend,
+        "example": name == "torchdiffeq-example",
+        "kwargs": {},
+    }
+    for name in ODE_BASELINES
+}
+
+
 def build_node_step(
-    batch: int, amp: torch.dtype | None, baseline: str, device: torch.device
+    batch: int,
+    amp: torch.dtype | None,
+    baseline: str,
+    device: torch.device,
+    channels: int = 64,
+    image_size: int = 32,
 ) -> Case:
     """NODE classifier training step: forward solve, cross-entropy, adjoint backward solve."""
     from timeaware.models import NODEClassifier
 
+    cfg = NODE_MODEL[baseline]
     torch.manual_seed(0)
     model = NODEClassifier(
-        in_channels=3, num_classes=10, channels=64, image_size=32, backend=BACKEND_OF[baseline]
-    ).to(device)
+        in_channels=3,
+        num_classes=10,
+        channels=channels,
+        image_size=image_size,
+        backend=cfg["backend"],
+        **cfg["kwargs"],
+    )
+    if cfg["example"]:
+        example = TorchdiffeqODEfunc(channels)
+        example.load_state_dict(model.odeblock.odefunc.state_dict())
+        model.odeblock.odefunc = example
+    model = model.to(device)
     model.train()
     _maybe_compile(model.odeblock.odefunc, baseline)
     gen = torch.Generator(device=device).manual_seed(0)
-    x = torch.randn(batch, 3, 32, 32, generator=gen, device=device)
+    x = torch.randn(batch, 3, image_size, image_size, generator=gen, device=device)
     y = torch.randint(0, 10, (batch,), generator=gen, device=device)
     params = list(model.parameters())
 
@@ -291,11 +590,25 @@ def build_node_step(
         _reset_grads(params)
         return _nfe_of(model.odeblock)
 
+    def steps():
+        f, b = _nfe_of(model.odeblock)
+        sf = attempted_steps(model.odeblock.method, f) if f >= 0 else None
+        sb = attempted_steps(model.odeblock.method, b) if b >= 0 else None
+        return None if sf is None or sb is None else sf + sb
+
     def probe():
         with _eval(model):
             return _no_grad(logits)
 
-    return Case(forward=forward, leaves=params, cotangent=None, nfe=nfe, probe=probe)
+    return Case(
+        forward=forward,
+        leaves=params,
+        cotangent=None,
+        nfe=nfe,
+        probe=probe,
+        steps=steps,
+        last_nfe=lambda: _nfe_of(model.odeblock),
+    )
 
 
 @dataclass(frozen=True)
@@ -334,7 +647,7 @@ def build_ddpm_step(
         dropout=0.1,
         groups=spec.groups,
         image_size=spec.image_size,
-        backend=BACKEND_OF[baseline],
+        backend=BASELINE_INFO[baseline].backend,
     ).to(device)
     unet.train()
     diffusion = GaussianDiffusion(unet, timesteps=1000)
@@ -373,9 +686,23 @@ _BATCH = {
 _CPU_UNET = UNetSpec(
     ch=32, ch_mult=(1, 2), num_res_blocks=1, attn_resolutions=(8,), groups=8, image_size=16
 )
+# The NODE step whose launches are counted on CPU: every baseline at this size (the Triton
+# interpreter runs the fused kernels for real there, since the solver's step control needs
+# their values); on a GPU the timed size is counted.
+_CPU_COUNT_NODE = {"batch": 2, "channels": 16, "image_size": 16}
 _MODEL_MAX_AUTOTUNE = "max-autotune of a whole model compiles for too long (--max-autotune all)"
 _NO_MAX_AUTOTUNE = "max-autotune off (--quick or --max-autotune none)"
 _QUICK_UNET = "--quick: compiling the whole U-Net takes minutes"
+
+# The fused-op workloads: (id, C, H = W, G, act, addends, dtype). A row here is a new variant.
+OP_WORKLOADS = (
+    ("gn-node", 64, 8, 32, "relu", ("conv_bias", "time"), torch.float32),
+    ("gn-ddpm", 256, 16, 32, "silu", ("emb", "pos"), torch.bfloat16),
+    ("gn-ddpm", 128, 32, 32, "silu", ("emb", "pos"), torch.bfloat16),
+    ("gn-g1", 128, 32, 1, "silu", ("emb",), torch.float32),
+    ("gn-g1", 128, 32, 1, "silu", ("emb",), torch.bfloat16),
+)
+COUNT_MODES = ("fwd", "fwd+bwd")
 
 
 def variants(
@@ -412,11 +739,11 @@ def variants(
             why.append(("compile", _QUICK_UNET))
         return tuple(why)
 
-    def op(workload, c, hw, groups, act, addends, dt):
+    for workload, c, hw, groups, act, addends, dt in OP_WORKLOADS:
         spec = OpSpec(batch["op"], c, hw, hw, groups, act, addends, over or dt)
         label = f"{workload} C{c} {hw}x{hw} {dtype_name(spec.dtype)}"
         if any(v.label == label for v in out):  # --dtype collapses gn-g1's two dtypes
-            return
+            continue
         out.append(
             Variant(
                 workload,
@@ -427,14 +754,9 @@ def variants(
                 functools.partial(build_op, spec),
                 "+".join(addends) + f", {act}",
                 skips(workload),
+                count_modes=COUNT_MODES,
             )
         )
-
-    op("gn-node", 64, 8, 32, "relu", ("conv_bias", "time"), torch.float32)
-    op("gn-ddpm", 256, 16, 32, "silu", ("emb", "pos"), torch.bfloat16)
-    op("gn-ddpm", 128, 32, 32, "silu", ("emb", "pos"), torch.bfloat16)
-    op("gn-g1", 128, 32, 1, "silu", ("emb",), torch.float32)
-    op("gn-g1", 128, 32, 1, "silu", ("emb",), torch.bfloat16)
 
     amp = over if over not in (None, torch.float32) else None
     amp_name = f"{dtype_name(amp)} autocast" if amp else "fp32"
@@ -447,11 +769,21 @@ def variants(
             amp_name,
             ("fwd", "fwd+bwd"),
             functools.partial(build_odefunc, n, 64, 8, amp),
-            "GN-ReLU-ConcatConv-GN-ReLU-ConcatConv-GN",
+            "GN-ReLU-ConcatConv-GN-ReLU-ConcatConv-GN; t without grad",
             skips("odefunc"),
+            baselines=ODE_BASELINES,
+            count_modes=COUNT_MODES,
         )
     )
     b = batch["node-step"]
+    count_node = None
+    count_shape = None
+    if profile == "cpu":
+        k = _CPU_COUNT_NODE
+        count_node = functools.partial(
+            _build_node_step_kw, k["batch"], amp, k["channels"], k["image_size"]
+        )
+        count_shape = f"batch {k['batch']}, 3x{k['image_size']}x{k['image_size']}, C{k['channels']}"
     out.append(
         Variant(
             "node-step",
@@ -462,6 +794,11 @@ def variants(
             functools.partial(build_node_step, b, amp),
             "dopri5 adjoint, rtol=atol=1e-3; torch.compile wraps the ODE function",
             skips("node-step"),
+            baselines=ODE_BASELINES,
+            count_modes=("fwd+bwd",),
+            count_build=count_node,
+            count_shape=count_shape,
+            stub_ok=False,
         )
     )
     unet = _CPU_UNET if profile == "cpu" else UNetSpec()
@@ -482,17 +819,44 @@ def variants(
             "T=1000 epsilon loss; torch.compile wraps the U-Net"
             + (" (tiny U-Net on CPU)" if profile == "cpu" else ""),
             skips("ddpm-step"),
+            count_modes=("fwd+bwd",),
         )
     )
+    return out
+
+
+def _build_node_step_kw(batch, amp, channels, image_size, baseline, device) -> Case:
+    return build_node_step(batch, amp, baseline, device, channels=channels, image_size=image_size)
+
+
+def split_names(names) -> list[str]:
+    """``["a,b", "c"]`` -> ``["a", "b", "c"]``: lists given with spaces, commas or both.
+
+    Raises:
+        TypeError: ``names`` is not a list/tuple of strings.
+    """
+    if names is None:
+        return []
+    if isinstance(names, str) or not isinstance(names, (list, tuple)):
+        raise TypeError(f"names: expected a list of strings, got {type(names).__name__}")
+    out = []
+    for item in names:
+        if not isinstance(item, str):
+            raise TypeError(f"names: expected strings, got {type(item).__name__} {item!r}")
+        out += [s.strip() for s in item.split(",") if s.strip()]
     return out
 
 
 def select(vs: list[Variant], only: list[str] | None) -> list[Variant]:
     """The variants whose workload id (or label) is in ``only``; all when ``only`` is empty.
 
+    ``only`` may hold comma-separated lists (``["gn-node,odefunc"]``). ``host`` selects no
+    variant (it is the host-overhead benchmark, run by the harness).
+
     Raises:
         ValueError: a name that matches no workload.
     """
+    only = split_names(only)
     if not only:
         return vs
     for name in only:

