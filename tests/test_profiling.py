@@ -74,3 +74,16 @@ def test_host_time_per_call_checks_its_inputs():
         host_time_per_call(3)
     with pytest.raises(ValueError, match="iters"):
         host_time_per_call(lambda: None, iters=0)
+
+
+@torch.library.custom_op("timeaware_test::copies", mutates_args=())
+def _copies(x: torch.Tensor) -> torch.Tensor:
+    return x.contiguous().to(torch.float64) * 2
+
+
+def test_copies_inside_a_custom_op_are_counted():
+    x = torch.randn(2, 3, 4, 4).permute(0, 2, 3, 1)  # not contiguous: contiguous() copies
+    with count_launches() as c:
+        _copies(x)
+    # clone (contiguous), _to_copy (to float64), mul
+    assert c.aten == 3, c.summary()

@@ -29,6 +29,7 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
+import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 __all__ = ["LaunchCount", "count_launches", "host_time_per_call", "stub_triton_launches"]
@@ -44,6 +45,7 @@ _NO_LAUNCH = frozenset(
         "lift_fresh.default",
         "detach.default",
         "alias.default",
+        "_unsafe_view.default",
         "sym_size.int",
         "sym_stride.int",
         "sym_numel.default",
@@ -98,6 +100,11 @@ class _AtenCounter(TorchDispatchMode):
             # so that the aten ops it calls are counted too
             with self:
                 return opdef._init_fn(*args, **kwargs)
+        if torch._C._dispatch_has_kernel_for_dispatch_key(func.name(), "CompositeImplicitAutograd"):
+            # reached below autograd (inside a custom op): a composite such as
+            # ``contiguous`` or ``to`` comes here whole; count the ops it is made of
+            with self:
+                return func.decompose(*args, **kwargs)
         if func.namespace == "aten":
             name = func.__name__  # e.g. "sum.dim_IntList"
             if name in _SYNCS:
