@@ -1,8 +1,9 @@
 """Benchmark suite of timeaware (DESIGN section 7); run it with ``python -m bench``.
 
 Modules:
-    workloads  the fixed workloads (gn-node, gn-ddpm, gn-g1, odefunc, node-step, ddpm-step), each
-               built for one baseline (eager, compile, compile-max, fused, torchdiffeq-example)
+    workloads  the fixed workloads (gn-node, gn-ddpm, gn-g1, odefunc, node-step, ddpm-step,
+               diffusers-unet), each built for one baseline (eager, compile, compile-max, fused,
+               torchdiffeq-example)
                and timed per mode (fwd, bwd, fwd+bwd); byte counts for the memory roofline; NFE
                and attempted steps of the solves; the eager composite of the op and torchdiffeq's
                example ODE function

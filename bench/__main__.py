@@ -317,7 +317,7 @@ class Progress:
             what = r["status"]
         width = len(str(self.total))
         progress(
-            f"[{self.done:>{width}}/{self.total}] {r['variant']:<26} {r['mode']:<8} "
+            f"[{self.done:>{width}}/{self.total}] {r['variant']:<28} {r['mode']:<8} "
             f"{r['baseline']:<20} {what}"
         )
 
@@ -357,7 +357,7 @@ def run_baseline(
         ``out``.
     """
     from bench import timing
-    from bench.workloads import BASELINE_INFO, mode_fn, skip_reason
+    from bench.workloads import BASELINE_INFO, MODEL_WORKLOADS, mode_fn, skip_reason
 
     settings = ctx["settings"]
     cuda = ctx["cuda"]  # the CUDA timings (a context flag, so that tests can fake them on CPU)
@@ -396,7 +396,7 @@ def run_baseline(
     nfe_step = False
     try:  # seeded forward, compared with eager; compiles the inference graph
         compare = ctx["compare"] and case.probe is not None
-        if info.compiled and variant.workload.endswith("-step"):
+        if info.compiled and variant.workload in MODEL_WORKLOADS:
             compare = False  # an extra inference-graph compile of a whole model: skip
         out = case.probe().detach().float().cpu() if compare else None
         if baseline == "eager":
@@ -626,8 +626,8 @@ def main(argv=None) -> int:
         )
         + "median with the 20% and 80% quantiles.",
         "Modes: fwd = forward under torch.no_grad(); bwd = backward of a graph built once; "
-        "fwd+bwd = both. *-step rows are training steps (forward, loss, backward; no "
-        "optimizer update, so every repetition does the same work).",
+        "fwd+bwd = both. *-step and diffusers-unet rows are training steps (forward, loss, "
+        "backward; no optimizer update, so every repetition does the same work).",
         "GB/s: compulsory traffic (each input and output tensor read or written once, in the "
         "fused op's layout) over the median device time; % of a device copy of the same byte "
         "count, timed the same way in this run.",

@@ -167,7 +167,7 @@ def count_variant(
                     if row["status"] == "ok"
                     else row["status"]
                 )
-                progress(f"  count {variant.label:<26} {mode:<8} {baseline:<20} {what}")
+                progress(f"  count {variant.label:<28} {mode:<8} {baseline:<20} {what}")
         del case
     return rows
 

@@ -30,6 +30,8 @@ TARGETS = {
     ("odefunc", "fwd+bwd"): [("torchdiffeq-example", 2.0)],
     ("node-step", "fwd+bwd"): [("eager", 1.5), ("nfe", None)],
     ("ddpm-step", "fwd+bwd"): [("eager", 1.2)],
+    # the same bar for diffusers' own U-Net: patched against the unpatched model
+    ("diffusers-unet", "fwd+bwd"): [("eager", 1.2)],
 }
 # Speedup columns of the table: the baseline a fused row is compared with, and its header
 SPEEDUP_COLUMNS = (

@@ -1,11 +1,12 @@
-"""pytest-benchmark: the model workloads (odefunc, node-step, ddpm-step) of DESIGN section 7."""
+"""pytest-benchmark: the model workloads (odefunc, node-step, ddpm-step, diffusers-unet) of
+DESIGN section 7."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from bench.workloads import variants
+from bench.workloads import skip_reason, variants
 
 pytestmark = pytest.mark.skipif(
     not torch.cuda.is_available(),
@@ -13,7 +14,7 @@ pytestmark = pytest.mark.skipif(
 )
 
 BASELINES = ("eager", "compile", "fused", "torchdiffeq-example")
-ROUNDS = {"odefunc": 100, "node-step": 10, "ddpm-step": 10}
+ROUNDS = {"odefunc": 100, "node-step": 10, "ddpm-step": 10, "diffusers-unet": 10}
 CASES = [
     pytest.param(v, mode, b, id=f"{v.label}-{mode}-{b}".replace(" ", "-"))
     for v in variants("full")
@@ -27,4 +28,7 @@ CASES = [
 @pytest.mark.parametrize(("variant", "mode", "baseline"), CASES)
 def test_model(run_workload, variant, mode, baseline):
     """Time one model workload, mode and baseline with pytest-benchmark."""
+    why = skip_reason(variant, baseline)  # diffusers-unet without diffusers
+    if why:
+        pytest.skip(why)
     run_workload(variant, mode, baseline, rounds=ROUNDS[variant.workload])

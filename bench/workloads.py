@@ -11,11 +11,12 @@ is seeded identically):
     eager                plain eager PyTorch, as a user writes it: for the op, adds +
                          ``F.group_norm`` + act in the input dtype (:func:`eager_group_norm_act`;
                          bf16 runs PyTorch's own bf16 path); for the models, timeaware's
-                         reference backend
+                         reference backend; for diffusers-unet, the unpatched diffusers model
     compile              torch.compile (default mode) of that same eager code
     compile-max          torch.compile(mode="max-autotune-no-cudagraphs"): autotuned Triton
                          templates, without CUDA graphs, which the fused backend does not use either
-    fused                the Triton backend of timeaware
+    fused                the Triton backend of timeaware (diffusers-unet: the diffusers model
+                         after ``timeaware.integrations.diffusers.apply(unet, backend="triton")``)
     torchdiffeq-example  (odefunc, node-step) torchdiffeq's example ODE function
                          (examples/odenet_mnist.py: cat + conv + GroupNorm + ReLU), written
                          out in :class:`TorchdiffeqODEfunc`, with the state dict of
@@ -25,7 +26,11 @@ Modes: ``fwd`` is the forward alone under ``torch.no_grad()`` (the adjoint solve
 run it so); ``bwd`` is ``out.backward(dy, retain_graph=True)`` on a graph built once outside the
 timing; ``fwd+bwd`` is the forward with autograd plus the backward. The ``*-step`` workloads are
 training steps (forward, loss, backward; no optimizer update, so every repetition solves the same
-problem and the NFE stays fixed) and have ``fwd+bwd`` only.
+problem and the NFE stays fixed) and have ``fwd+bwd`` only. ``diffusers-unet`` is such a step
+too, on diffusers' own ``UNet2DModel`` (DDPM's CIFAR-10 architecture): eager is the unpatched
+diffusers model, compile ``torch.compile`` of it, fused the same model after
+``timeaware.integrations.diffusers.apply(unet, backend="triton")``; without diffusers every
+baseline of it is skipped with the integration's ImportError (:attr:`Variant.unavailable`).
 
 Adding a baseline: an entry in :data:`BASELINE_INFO`, its name in the ``baselines`` of the
 workloads it applies to (:data:`GENERIC_BASELINES` for all), its model in their builders
@@ -40,6 +45,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import importlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -51,7 +57,19 @@ MODES = ("fwd", "bwd", "fwd+bwd")
 PROFILES = ("full", "quick", "cpu")
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 # ``host`` is not a Variant: it selects the host-overhead benchmark (bench.host)
-WORKLOADS = ("gn-node", "gn-ddpm", "gn-g1", "odefunc", "node-step", "ddpm-step", "host")
+WORKLOADS = (
+    "gn-node",
+    "gn-ddpm",
+    "gn-g1",
+    "odefunc",
+    "node-step",
+    "ddpm-step",
+    "diffusers-unet",
+    "host",
+)
+# Training steps of a whole model: their compiled baselines compile the model (no extra
+# inference-graph compile for the output comparison; no max-autotune unless asked for)
+MODEL_WORKLOADS = ("node-step", "ddpm-step", "diffusers-unet")
 
 
 @dataclass(frozen=True)
@@ -80,7 +98,8 @@ BASELINE_INFO = {
             "eager",
             "reference",
             "plain eager PyTorch as a user writes it (op: adds + F.group_norm + act in the input "
-            "dtype, parameters in that dtype too; models: timeaware's reference backend)",
+            "dtype, parameters in that dtype too; models: timeaware's reference backend; "
+            "diffusers-unet: the unpatched diffusers UNet2DModel)",
         ),
         Baseline(
             "compile",
@@ -95,7 +114,12 @@ BASELINE_INFO = {
             compiled=True,
             compile_mode="max-autotune-no-cudagraphs",
         ),
-        Baseline("fused", "triton", "timeaware's Triton backend"),
+        Baseline(
+            "fused",
+            "triton",
+            "timeaware's Triton backend (diffusers-unet: the same UNet2DModel after "
+            "timeaware.integrations.diffusers.apply(unet, backend='triton'))",
+        ),
         Baseline(
             "torchdiffeq-example",
             "reference",
@@ -160,6 +184,9 @@ class Variant:
         count_shape: the shape of the counted case when it differs from ``shape``.
         stub_ok: whether the Triton launches may be stubbed out while counting (no control
             flow depends on the values; a solver's step control does).
+        unavailable: returns why no baseline of this variant can run here (an optional
+            dependency is missing), or None when they can; asked when a row is about to be
+            counted or timed, not when the table is built. None: always available.
     """
 
     workload: str
@@ -177,6 +204,7 @@ class Variant:
     )
     count_shape: str | None = None
     stub_ok: bool = True
+    unavailable: Callable[[], str | None] | None = field(default=None, repr=False, compare=False)
 
 
 def mode_fn(case: Case, mode: str) -> Callable[[], object]:
@@ -673,19 +701,130 @@ def build_ddpm_step(
 
 
 # --------------------------------------------------------------------------------------------
+# diffusers-unet: diffusers' UNet2DModel, unpatched and patched (timeaware.integrations)
+# --------------------------------------------------------------------------------------------
+DIFFUSERS_INTEGRATION = "timeaware.integrations.diffusers"
+
+
+def diffusers_unavailable() -> str | None:
+    """Why the diffusers-unet workload cannot run here, or None when it can.
+
+    Imports ``timeaware.integrations.diffusers`` (a dictionary look-up once it is imported).
+
+    Returns:
+        ``"ImportError: <first line of its message>"`` when the import raises ImportError
+        (diffusers is not installed), else None.
+    """
+    try:
+        importlib.import_module(DIFFUSERS_INTEGRATION)
+    except ImportError as e:
+        lines = str(e).strip().splitlines()
+        return f"{type(e).__name__}: {lines[0] if lines else ''}"[:240]
+    return None
+
+
+def _diffusers_shape(config: dict | None) -> str:
+    """The shape column of a diffusers-unet variant (``config``: overrides of DDPM's)."""
+    if not config:
+        return "UNet2DModel DDPM-CIFAR10 (35.7M parameters), 3x32x32"
+    channels = ",".join(map(str, config.get("block_out_channels", (128, 256, 256, 256))))
+    size = config.get("sample_size", 32)
+    return (
+        f"UNet2DModel DDPM-CIFAR10 layout, channels ({channels}) "
+        f"G{config.get('norm_num_groups', 32)}, 3x{size}x{size}"
+    )
+
+
+def build_diffusers_unet(
+    batch: int,
+    amp: torch.dtype | None,
+    baseline: str,
+    device: torch.device,
+    config: dict | None = None,
+) -> Case:
+    """DDPM training step of diffusers' ``UNet2DModel`` with DDPM's CIFAR-10 architecture.
+
+    ``eager`` is the unpatched diffusers model, ``compile``/``compile-max`` ``torch.compile`` of
+    it (in place) and ``fused`` the same model after
+    ``timeaware.integrations.diffusers.apply(unet, backend="triton")``: the same random weights
+    (``torch.manual_seed(0)`` before ``ddpm_cifar10_unet()``), dropout 0.1, training mode. The
+    clean batch ``x0`` (N, C, S, S) is uniform in [-1, 1]. Every step seeds the global RNG
+    (``torch.manual_seed(1)``) before ``ddpm_training_loss``, so the timesteps, the noise and
+    the dropout masks are the same in every repetition and in every baseline; the loss is
+    computed under ``autocast(amp)`` and returned as a 0-d fp32 tensor (the backward runs
+    outside autocast). The leaves are the U-Net's parameters.
+
+    Args:
+        batch: N, the number of images of a step (> 0).
+        amp: autocast dtype, or None for fp32.
+        baseline: ``"eager"``, ``"compile"``, ``"compile-max"`` or ``"fused"``.
+        device: where the model and the batch live.
+        config: ``UNet2DModel`` arguments replacing those of DDPM's CIFAR-10 configuration
+            (``DDPM_CIFAR10_CONFIG``; a narrower model on CPU), or None for the 35.7M-parameter
+            model.
+
+    Returns:
+        The :class:`Case`; its ``probe`` is the eval-mode U-Net output (N, C, S, S) at fixed
+        timesteps.
+
+    Raises:
+        ValueError: ``batch`` not a positive int, or ``baseline`` not one of the above.
+        TypeError: ``config`` not a dict or None, or ``amp`` not a dtype or None.
+        ImportError: diffusers is not installed (see :func:`diffusers_unavailable`).
+    """
+    if isinstance(batch, bool) or not isinstance(batch, int) or batch <= 0:
+        raise ValueError(f"batch: expected a positive int, got {batch!r}")
+    if baseline not in GENERIC_BASELINES:
+        raise ValueError(f"baseline: got {baseline!r}, expected one of {GENERIC_BASELINES}")
+    if config is not None and not isinstance(config, dict):
+        raise TypeError(f"config: expected a dict of UNet2DModel arguments or None, got {config!r}")
+    if amp is not None and not isinstance(amp, torch.dtype):
+        raise TypeError(f"amp: expected a torch.dtype or None, got {type(amp).__name__}")
+    tad = importlib.import_module(DIFFUSERS_INTEGRATION)
+    torch.manual_seed(0)
+    unet = tad.ddpm_cifar10_unet(**(config or {})).to(device)
+    unet.train()
+    if BASELINE_INFO[baseline].backend == "triton":
+        tad.apply(unet, backend="triton")
+    _maybe_compile(unet, baseline)
+    cfg = unet.config
+    gen = torch.Generator(device=device).manual_seed(0)
+    shape = (batch, cfg.in_channels, cfg.sample_size, cfg.sample_size)
+    x0 = torch.rand(shape, generator=gen, device=device) * 2 - 1
+    t_probe = torch.randint(0, 1000, (batch,), generator=gen, device=device)
+
+    def forward():
+        torch.manual_seed(1)  # same timesteps, noise and dropout masks in every step
+        with _autocast(device, amp):
+            return tad.ddpm_training_loss(unet, x0)
+
+    def probe():  # the U-Net's output (eval: no dropout)
+        with _eval(unet), _autocast(device, amp):
+            return _no_grad(lambda: unet(x0, t_probe).sample)
+
+    return Case(forward=forward, leaves=list(unet.parameters()), cotangent=None, probe=probe)
+
+
+# --------------------------------------------------------------------------------------------
 # The table of workloads per profile
 # --------------------------------------------------------------------------------------------
 # Batch sizes per profile. "full" and "quick" keep DESIGN section 7's op shapes (a GPU runs them
 # in microseconds); "quick" shrinks the training steps; "cpu" shrinks everything so the eager
 # reference finishes in seconds on two cores.
 _BATCH = {
-    "full": {"op": 128, "odefunc": 128, "node-step": 128, "ddpm-step": 128},
-    "quick": {"op": 128, "odefunc": 128, "node-step": 64, "ddpm-step": 32},
-    "cpu": {"op": 8, "odefunc": 16, "node-step": 8, "ddpm-step": 4},
+    "full": {"op": 128, "odefunc": 128, "node-step": 128, "ddpm-step": 128, "diffusers-unet": 128},
+    "quick": {"op": 128, "odefunc": 128, "node-step": 64, "ddpm-step": 32, "diffusers-unet": 32},
+    "cpu": {"op": 8, "odefunc": 16, "node-step": 8, "ddpm-step": 4, "diffusers-unet": 4},
 }
 _CPU_UNET = UNetSpec(
     ch=32, ch_mult=(1, 2), num_res_blocks=1, attn_resolutions=(8,), groups=8, image_size=16
 )
+# diffusers-unet on CPU: DDPM's CIFAR-10 layout (four levels of two resnets, attention at the
+# second, channels 1:2:2:2) at a quarter of the width, G8, on 16x16 images: an eager step takes
+# ~0.1 s on one core. Its eager fp32 step launches as many aten ops as the 35.7M model's at the
+# same batch (1025 at batch 4, counted on CPU); the fused count differs where the full size
+# picks another kernel regime (102 Triton launches here, 111 there).
+_CPU_DIFFUSERS = {"block_out_channels": (32, 64, 64, 64), "norm_num_groups": 8, "sample_size": 16}
 # The NODE step whose launches are counted on CPU: every baseline at this size (the Triton
 # interpreter runs the fused kernels for real there, since the solver's step control needs
 # their values); on a GPU the timed size is counted.
@@ -693,6 +832,7 @@ _CPU_COUNT_NODE = {"batch": 2, "channels": 16, "image_size": 16}
 _MODEL_MAX_AUTOTUNE = "max-autotune of a whole model compiles for too long (--max-autotune all)"
 _NO_MAX_AUTOTUNE = "max-autotune off (--quick or --max-autotune none)"
 _QUICK_UNET = "--quick: compiling the whole U-Net takes minutes"
+_QUICK_COMPILE = {"ddpm-step", "diffusers-unet"}  # workloads whose compile --quick skips
 
 # The fused-op workloads: (id, C, H = W, G, act, addends, dtype). A row here is a new variant.
 OP_WORKLOADS = (
@@ -733,9 +873,9 @@ def variants(
         why = []
         if max_autotune == "none":
             why.append(("compile-max", _NO_MAX_AUTOTUNE))
-        elif workload.endswith("-step") and max_autotune != "all":
+        elif workload in MODEL_WORKLOADS and max_autotune != "all":
             why.append(("compile-max", _MODEL_MAX_AUTOTUNE))
-        if workload == "ddpm-step" and profile == "quick":
+        if workload in _QUICK_COMPILE and profile == "quick":
             why.append(("compile", _QUICK_UNET))
         return tuple(why)
 
@@ -822,6 +962,24 @@ def variants(
             count_modes=("fwd+bwd",),
         )
     )
+    b = batch["diffusers-unet"]
+    config = _CPU_DIFFUSERS if profile == "cpu" else None
+    out.append(
+        Variant(
+            "diffusers-unet",
+            f"diffusers-unet {ddpm_name}",
+            f"batch {b}, {_diffusers_shape(config)}",
+            ddpm_name,
+            ("fwd+bwd",),
+            functools.partial(build_diffusers_unet, b, ddpm_amp, config=config),
+            "diffusers UNet2DModel, random weights, dropout 0.1, T=1000 epsilon loss; eager = "
+            "unpatched, fused = tad.apply(unet, backend='triton'), torch.compile wraps the "
+            "unpatched U-Net" + (" (narrow U-Net on CPU)" if profile == "cpu" else ""),
+            skips("diffusers-unet"),
+            count_modes=("fwd+bwd",),
+            unavailable=diffusers_unavailable,
+        )
+    )
     return out
 
 
@@ -866,5 +1024,13 @@ def select(vs: list[Variant], only: list[str] | None) -> list[Variant]:
 
 
 def skip_reason(variant: Variant, baseline: str) -> str | None:
-    """Why ``baseline`` is not run for ``variant``, or None."""
+    """Why ``baseline`` is not run for ``variant``, or None.
+
+    A variant that is unavailable here (:attr:`Variant.unavailable`: a missing optional
+    dependency) gives that reason for each of its baselines; otherwise its ``skip`` entry.
+    """
+    if variant.unavailable is not None and baseline in variant.baselines:
+        why = variant.unavailable()
+        if why:
+            return why
     return dict(variant.skip).get(baseline)

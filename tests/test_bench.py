@@ -34,16 +34,22 @@ if str(ROOT) not in sys.path:  # bench/ is not installed: it runs from the repos
 from bench import counting, host, report, spotcheck, timing  # noqa: E402
 from bench.__main__ import Stop, main, parse_args, run_baseline, stop_guard  # noqa: E402
 from bench.workloads import (  # noqa: E402
+    DIFFUSERS_INTEGRATION,
     WORKLOADS,
+    Case,
     OpSpec,
     TorchdiffeqODEfunc,
+    Variant,
     attempted_steps,
+    build_diffusers_unet,
     build_node_step,
     build_odefunc,
     build_op,
+    diffusers_unavailable,
     eager_group_norm_act,
     op_inputs,
     select,
+    skip_reason,
     variants,
 )
 
@@ -707,6 +713,220 @@ def test_report_never_shows_an_unmeasured_speedup(tmp_path):
 
 
 # --------------------------------------------------------------------------------------------
+# diffusers-unet: diffusers' UNet2DModel, unpatched / patched / compiled
+# --------------------------------------------------------------------------------------------
+# GroupNorms of DDPM's CIFAR-10 layout: 2 per resnet (4 levels x 2 down, 2 in the middle,
+# 4 levels x 3 up), one per attention block (2 down at 16x16, 1 in the middle, 3 up), and
+# conv_norm_out; every one of them becomes one op call when patched
+_DDPM_GROUP_NORMS = 2 * (4 * 2 + 2 + 4 * 3) + (2 + 1 + 3) + 1
+_TINY_UNET = {"block_out_channels": (8, 16, 16, 16), "norm_num_groups": 4, "sample_size": 8}
+
+
+def test_diffusers_unet_skipped_with_the_import_error_without_diffusers(
+    tmp_path, capsys, monkeypatch
+):
+    # main() sets TRITON_INTERPRET=1 for a CPU run: restore the variable afterwards
+    monkeypatch.setenv("TRITON_INTERPRET", os.environ.get("TRITON_INTERPRET", "0"))
+    # diffusers not importable: the integration is imported afresh and raises its ImportError
+    monkeypatch.setitem(sys.modules, "diffusers", None)
+    monkeypatch.delitem(sys.modules, DIFFUSERS_INTEGRATION, raising=False)
+    why = diffusers_unavailable()
+    assert why.startswith("ImportError: timeaware.integrations.diffusers needs the diffusers")
+    (v,) = select(variants("cpu"), ["diffusers-unet"])  # the table still lists the workload
+    assert all(skip_reason(v, b) == why for b in v.baselines)
+    assert skip_reason(v, "torchdiffeq-example") is None  # not one of its baselines
+    assert counting.count_variant(v, ["eager", "fused"], CPU) == []
+    rc = main(
+        [
+            "--device",
+            "cpu",
+            "--no-check",
+            "--only",
+            "diffusers-unet",
+            "--baselines",
+            "eager,fused,compile",
+            "--out",
+            str(tmp_path),
+        ]
+    )
+    assert rc == 0  # a skipped row is not a failure
+    result = json.loads(next(tmp_path.glob("*.json")).read_text())
+    assert {r["baseline"] for r in result["rows"]} == {"eager", "fused", "compile"}
+    for r in result["rows"]:
+        assert r["workload"] == "diffusers-unet" and r["mode"] == "fwd+bwd"
+        assert r["status"] == f"skipped: {why}", r
+        assert "timing" not in r
+    assert result["counts"] == []
+    md = capsys.readouterr().out
+    assert f"- eager, skipped: {why}: diffusers-unet fp32" in md
+    assert f"- fused, skipped: {why}: diffusers-unet fp32" in md
+
+
+def test_diffusers_unet_row_on_cpu(tmp_path):
+    pytest.importorskip("diffusers")
+    proc = _run(
+        "-m",
+        "bench",
+        "--quick",
+        "--device",
+        "cpu",
+        "--no-check",
+        "--only",
+        "diffusers-unet",
+        "--out",
+        str(tmp_path),
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(next(tmp_path.glob("*.json")).read_text())
+    (row,) = result["rows"]  # eager only on CPU (the fused row would time the interpreter)
+    assert (row["workload"], row["mode"], row["baseline"]) == ("diffusers-unet", "fwd+bwd", "eager")
+    assert row["status"] == "ok", row
+    assert row["variant"] == "diffusers-unet fp32" and row["dtype"] == "fp32"
+    assert "UNet2DModel" in row["shape"] and "3x16x16" in row["shape"]
+    assert row["timing"]["median_ms"] > 0 and row["speedup"] == {}
+    assert row["target"]["text"] == "not measured (needs a CUDA GPU)"
+    counts = {c["baseline"]: c for c in result["counts"]}
+    assert set(counts) == {"eager", "fused"}  # compiled code is not counted
+    eager, fused = counts["eager"], counts["fused"]
+    for c in (eager, fused):
+        assert c["status"] == "ok" and c["syncs"] == 0 and c["mode"] == "fwd+bwd", c
+    # eager: diffusers' own GroupNorms (forward and backward); fused: none left, every one is
+    # an op call with a forward and a backward launch (stubbed)
+    assert eager["triton"] == 0
+    assert eager["ops"]["aten.native_group_norm.default"] == _DDPM_GROUP_NORMS
+    assert eager["ops"]["aten.native_group_norm_backward.default"] == _DDPM_GROUP_NORMS
+    assert fused["stubbed"] is True
+    assert not any("group_norm" in op for op in fused["ops"]), fused["ops"]
+    assert fused["triton"] >= 2 * _DDPM_GROUP_NORMS
+    assert "| diffusers-unet fp32 |" in proc.stdout
+    assert "[1/1] diffusers-unet fp32" in proc.stderr
+
+
+def test_diffusers_unet_baselines_are_unpatched_patched_and_compiled(monkeypatch, device):
+    pytest.importorskip("diffusers")
+    from helpers import assert_rel_close, grad_atol
+
+    import timeaware.integrations.diffusers as tad
+    from timeaware.profiling import count_launches
+
+    dev = torch.device(device)
+    applied, compiled = [], []
+    real_apply = tad.apply
+
+    def spy_apply(model, **kw):
+        applied.append(kw)
+        return real_apply(model, **kw)
+
+    def spy_compile(self, **kw):  # records instead of compiling (inductor takes minutes)
+        compiled.append((self, kw))
+
+    monkeypatch.setattr(tad, "apply", spy_apply)
+    monkeypatch.setattr(torch.nn.Module, "compile", spy_compile)
+    # on a GPU: fp32 convolutions, so that the comparison below is not TF32 rounding
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
+    cases = {
+        b: build_diffusers_unet(2, None, b, dev, config=_TINY_UNET)
+        for b in ("eager", "fused", "compile")
+    }
+    assert applied == [{"backend": "triton"}]  # only the fused baseline is patched
+    ((model, kw),) = compiled
+    assert kw == {"mode": None} and type(model).__name__ == "UNet2DModel"
+    assert not any(type(m).__module__ == tad.__name__ for m in model.modules())  # unpatched
+    for b in ("fused", "compile"):  # the same random weights in every baseline
+        assert len(cases[b].leaves) == len(cases["eager"].leaves)
+        for p, q in zip(cases[b].leaves, cases["eager"].leaves):
+            assert torch.equal(p, q)
+
+    losses, grads = {}, {}
+    for b in ("eager", "fused"):
+        with count_launches() as c:
+            loss = cases[b].forward()
+            loss.backward()
+        losses[b], grads[b] = loss.detach(), [p.grad for p in cases[b].leaves]
+        norms = c.ops["aten.native_group_norm.default"]
+        if b == "eager":
+            assert c.triton == 0 and norms == _DDPM_GROUP_NORMS
+            assert c.ops["aten.native_group_norm_backward.default"] == _DDPM_GROUP_NORMS
+        else:  # the Triton kernels ran, forward and backward, in place of every GroupNorm
+            assert c.triton >= 2 * _DDPM_GROUP_NORMS
+            assert "aten.native_group_norm_backward.default" not in c.ops
+            # at most the integration's one-time probe of F.group_norm's output dtype
+            assert norms <= 1
+    assert losses["eager"].dtype == torch.float32 and losses["eager"].dim() == 0
+    # every step is seeded: timesteps, noise and dropout masks repeat exactly
+    assert torch.equal(cases["eager"].forward().detach(), losses["eager"])
+    # the patched model gives the unpatched numbers (fp32), loss and every parameter gradient
+    assert_rel_close(losses["fused"], losses["eager"], 1e-5, "loss", atol=0)
+    atol = grad_atol(grads["eager"])
+    for i, (g, h) in enumerate(zip(grads["fused"], grads["eager"])):
+        assert_rel_close(g, h, 1e-4, f"grad {i}", atol=atol)
+
+
+def test_diffusers_unet_builder_checks_inputs():
+    with pytest.raises(ValueError, match="batch"):
+        build_diffusers_unet(0, None, "eager", CPU)
+    with pytest.raises(ValueError, match="baseline"):
+        build_diffusers_unet(2, None, "torchdiffeq-example", CPU)
+    with pytest.raises(TypeError, match="config"):
+        build_diffusers_unet(2, None, "eager", CPU, config=[("sample_size", 8)])
+    with pytest.raises(TypeError, match="amp"):
+        build_diffusers_unet(2, "bf16", "eager", CPU)
+
+
+def test_compiled_model_rows_skip_the_output_probe():
+    """A compiled whole-model row (node-step, ddpm-step, diffusers-unet) does not run the probe,
+    which would compile a second (inference) graph of the model; the other baselines do."""
+    probed = []
+
+    def build(baseline, device):
+        x = torch.ones(3, requires_grad=True)
+
+        def probe():
+            probed.append(baseline)
+            return x.detach() * 2
+
+        return Case(forward=lambda: (x * 2).sum(), leaves=[x], cotangent=None, probe=probe)
+
+    class Prog:
+        def row(self, r):
+            pass
+
+    ctx = {
+        "settings": timing.SETTINGS["cpu-quick"],
+        "cuda": False,
+        "interp": True,
+        "compare": True,
+        "counts": {},
+        "copy_cache": {},
+    }
+    for workload in ("diffusers-unet", "ddpm-step", "odefunc"):
+        probed.clear()
+        v = Variant(workload, f"{workload} fake", "s", "fp32", ("fwd+bwd",), build)
+        state = {}
+        rows = run_baseline(v, "eager", CPU, ctx, state, Prog())
+        rows += run_baseline(v, "compile", CPU, ctx, state, Prog())
+        assert [r["status"] for r in rows] == ["ok", "ok"], rows
+        want = ["eager", "compile"] if workload == "odefunc" else ["eager"]
+        assert probed == want, workload
+        assert rows[1].get("max_rel_diff_vs_eager") == (0.0 if workload == "odefunc" else None)
+
+
+def test_diffusers_unet_target_is_ddpm_steps():
+    result = _gpu_result()
+    result["rows"] += [
+        _row("diffusers-unet", "diffusers-unet", "fwd+bwd", "eager", 100.0, 100.0),
+        _row("diffusers-unet", "diffusers-unet", "fwd+bwd", "compile", 70.0, 70.0),
+        _row("diffusers-unet", "diffusers-unet", "fwd+bwd", "fused", 80.0, 90.0),
+    ]
+    by = {(r["variant"], r["baseline"]): r for r in report.finalize(result)["rows"]}
+    fused = by[("diffusers-unet", "fused")]
+    # 1.25x eager on device time, 1.11x back to back: MISSED (both must reach 1.2x)
+    assert fused["target"]["met"] is False
+    assert fused["target"]["text"] == "MISSED: 1.25x / 1.11x vs eager < 1.2x"
+    assert fused["speedup"]["compile"] == pytest.approx(70.0 / 80.0)  # shown, not a target
+
+
+# --------------------------------------------------------------------------------------------
 # Workload table
 # --------------------------------------------------------------------------------------------
 def test_variants_follow_design_section_7():
@@ -727,6 +947,21 @@ def test_variants_follow_design_section_7():
     assert "torchdiffeq-example" not in by["gn-node"].baselines
     assert by["node-step"].count_build is None  # on a GPU the timed size is counted
     assert {v.workload: v for v in variants("cpu")}["node-step"].count_build is not None
+    # the issue's diffusers-unet: batch 128, bf16 autocast, fwd+bwd, eager / compile / fused;
+    # no max-autotune of a whole model unless asked for; no compile with --quick
+    unet = by["diffusers-unet"]
+    assert unet.label == "diffusers-unet bf16 autocast" and unet.modes == ("fwd+bwd",)
+    assert unet.shape == "batch 128, UNet2DModel DDPM-CIFAR10 (35.7M parameters), 3x32x32"
+    assert unet.baselines == ("eager", "compile", "compile-max", "fused")
+    assert dict(unet.skip) == {"compile-max": dict(by["ddpm-step"].skip)["compile-max"]}
+    assert unet.count_modes == ("fwd+bwd",) and unet.stub_ok and unet.unavailable is not None
+    quick = {v.workload: v for v in variants("quick")}["diffusers-unet"]
+    assert set(dict(quick.skip)) == {"compile", "compile-max"}
+    assert quick.shape.startswith("batch 32,")
+    every = {v.workload: v for v in variants("full", max_autotune="all")}
+    assert every["diffusers-unet"].skip == ()
+    cpu = {v.workload: v for v in variants("cpu")}["diffusers-unet"]
+    assert cpu.label == "diffusers-unet fp32" and cpu.shape.startswith("batch 4,")
 
 
 # --------------------------------------------------------------------------------------------
@@ -801,6 +1036,8 @@ def test_pytest_benchmark_files_collect():
     assert "test_bench_ops.py::test_op" in proc.stdout
     assert "test_bench_models.py::test_model" in proc.stdout
     assert "torchdiffeq-example" in proc.stdout
+    for b in ("eager", "compile", "fused"):
+        assert f"test_model[diffusers-unet-bf16-autocast-fwd+bwd-{b}]" in proc.stdout
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="on a GPU this would run the benchmarks")
