@@ -81,7 +81,8 @@ def solve_cost(
             the same launches (true for the models here).
         y0: (any shape) initial state; t: (T,) times.
         adjoint: also run ``sum(out).backward()`` through ``odeint_adjoint`` and count the
-            backward solve (the augmented function's forward + VJP of ``func`` is its own work).
+            backward solves; the augmented function's own work per call (``func`` forward, its
+            VJP with cotangent ``-adj``, one ``cat``) is measured once and subtracted.
         **kwargs: passed to ``odeint``/``odeint_adjoint`` (rtol, atol, options, backend, ...).
 
     Returns:
@@ -119,20 +120,22 @@ def solve_cost(
     n_fwd = calls.n
     res = {"forward": _row(solver, stats.forward, n_fwd, 1, tri, aten, syncs, sec, per_call)}
     if adjoint:
-        # the augmented function's own work per call: func forward + VJP (t, y, params)
+        # the augmented function's own work per call: func forward, the VJP of (t, y, params)
+        # with cotangent -adj, and the concatenation of the results into one state derivative
         params = tuple(p for p in func.parameters() if p.requires_grad)
+        adj = torch.ones_like(y0)
 
         def aug_once():
             with torch.enable_grad():
                 tt = t[0].to(y0.dtype).detach().requires_grad_(True)
                 yy = y0.detach().requires_grad_(True)
                 f = func(tt, yy)
-                return torch.autograd.grad(f, (tt, yy, *params), f, allow_unused=True)
+                g = torch.autograd.grad(f, (tt, yy, *params), -adj, allow_unused=True)
+            return torch.cat([f.detach().reshape(-1)] + [x.reshape(-1) for x in g])
 
         _, at, aa, _, _ = _counted(aug_once)
         calls.n = 0
         _, tri, aten, syncs, sec = _counted(lambda: out.sum().backward())
-        # per augmented evaluation: func forward + VJP (measured), minus the seed of the VJP
         solves = t.numel() - 1
         res["backward"] = _row(solver, stats.backward, calls.n, solves, tri, aten, syncs, sec,
                                at + aa)  # fmt: skip
