@@ -499,3 +499,46 @@ def test_attempts_reuse_the_same_buffers():
     assert len(seen[("_dp5_begin_kernel", None)]) == runs
     for key, calls in seen.items():
         assert all(c == calls[0] for c in calls), key
+
+
+def test_auto_falls_back_to_the_reference_when_the_function_needs_grad(monkeypatch):
+    # auto on a CUDA state picks the kernels; when the first evaluation turns out to require
+    # grad it continues on the reference stepper, reusing that evaluation (simulated on CPU)
+    from timeaware.solvers import _spec
+
+    monkeypatch.setattr(_spec, "resolve", lambda requested, y0, needs_grad: ("triton", True))
+    f, y0, t, rtol, atol = setup("nonlinear")
+    c = Calls(f)
+    stats = SolverStats()
+    out = odeint(c, y0, t, rtol=rtol, atol=atol, stats=stats)
+    assert out.requires_grad and stats.forward.nfe == stats.forward.calls == c.n
+    with torch.no_grad():
+        ref = torchdiffeq.odeint(f, y0, t, rtol=rtol, atol=atol)
+    assert torch.equal(out.detach(), ref)
+    out.sum().backward()
+    assert all(p.grad is not None for p in f.parameters())
+
+
+def test_output_requiring_grad_later_in_the_solve_is_not_dropped(monkeypatch):
+    # a parameter that enters only for t > 0.3: the first evaluations carry no graph, later
+    # ones do; the kernels must not silently drop it (forced: error; auto: restart on the
+    # reference stepper, simulated on CPU)
+    from timeaware.solvers import _spec
+
+    w = torch.tensor(2.0, dtype=F64, requires_grad=True)
+
+    def f(t, y):
+        return -y * w if t > 0.3 else -y
+
+    y0 = torch.ones(3, dtype=F64)
+    t = torch.tensor([0.0, 1.0], dtype=F64)
+    with pytest.raises(BackendUnavailableError, match="odeint_adjoint"):
+        odeint(f, y0, t, backend="triton")
+    monkeypatch.setattr(_spec, "resolve", lambda requested, y0, needs_grad: ("triton", True))
+    stats = SolverStats()
+    out = odeint(f, y0, t, rtol=1e-6, atol=1e-8, stats=stats)
+    ref = torchdiffeq.odeint(f, y0, t, rtol=1e-6, atol=1e-8)
+    assert torch.equal(out, ref) and stats.forward.calls > stats.forward.nfe  # restarted
+    (g,) = torch.autograd.grad(out[-1].sum(), w)
+    (g_ref,) = torch.autograd.grad(ref[-1].sum(), w)
+    assert g != 0 and torch.equal(g, g_ref)

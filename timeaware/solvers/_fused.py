@@ -25,9 +25,10 @@ _ST_NSTEPS, _ST_SIGN, _ST_T0 = int(K.ST_NSTEPS), int(K.ST_SIGN), int(K.ST_T0)
 
 class NeedsAutograd(RuntimeError):
     """The function's output requires grad while grad mode is on: the kernels cannot carry it.
-    ``f0`` is the derivative already computed (the reference stepper reuses it)."""
+    ``f0`` is the derivative at (t[0], y0) when that was the evaluation (the reference stepper
+    reuses it), else None (found later: the solve restarts)."""
 
-    def __init__(self, f0: Tensor) -> None:
+    def __init__(self, f0: Tensor | None) -> None:
         super().__init__("the ODE function's output requires grad")
         self.f0 = f0
 
@@ -90,6 +91,8 @@ class FusedStepper:
         the attempt is redone (nothing is updated before its last launch)."""
         self.evals += 1
         k = self.fn(t, yin)
+        if k.requires_grad and torch.is_grad_enabled():
+            raise NeedsAutograd(None)
         if self.copy_all:
             return k.clone()
         p = k.untyped_storage().data_ptr()
@@ -111,6 +114,8 @@ class FusedStepper:
             K.dp5_probe(self.Y, self.F, self.Yin[0], sc, params, plan)
             f1 = self.fn(sc["ScC"][_C_PT], self.Yin[0])  # F holds a copy of f0
             self.evals += 1
+            if f1.requires_grad and torch.is_grad_enabled():
+                raise NeedsAutograd(None)
             K.dp5_probe_diff(self.Y, self.F, f1, sc, params, plan)
         K.dp5_init_finish(sc, params, plan, self.T, first)
 

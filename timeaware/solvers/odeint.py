@@ -75,7 +75,7 @@ def solve(
         except NeedsAutograd as e:
             if not may_fall_back:
                 raise BackendUnavailableError(_spec.GRAD_MESSAGE) from None
-            f0 = e.f0.view(shape)
+            f0 = None if e.f0 is None else e.f0.view(shape)
         evals = stepper.evals
     else:
         f0, evals = None, 0
