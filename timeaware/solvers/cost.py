@@ -93,8 +93,12 @@ def solve_cost(
     """
     if solver not in SOLVERS:
         raise ValueError(f"solver: got {solver!r}, expected one of {SOLVERS}")
+    if not callable(func):
+        raise TypeError(f"func: got {type(func).__name__}, expected a callable func(t, y)")
     if not isinstance(y0, Tensor) or not isinstance(t, Tensor):
-        raise TypeError("y0, t: expected tensors")
+        raise TypeError(f"y0, t: got {type(y0).__name__}, {type(t).__name__}, expected tensors")
+    if adjoint and not isinstance(func, torch.nn.Module):
+        raise TypeError(f"func: got {type(func).__name__}, expected an nn.Module for adjoint=True")
     calls = _Calls(func)
     # the function's own cost per call, with the same interpreter exclusion
     with torch.no_grad():

@@ -41,6 +41,8 @@ class SolveCounts:
 
     def add(self, other: SolveCounts) -> None:
         """Add ``other``'s counters to these."""
+        if not isinstance(other, SolveCounts):
+            raise TypeError(f"other: got {type(other).__name__}, expected a SolveCounts")
         self.solves += other.solves
         self.nfe += other.nfe
         self.attempted += other.attempted
