@@ -358,6 +358,9 @@ def test_single_time_and_empty_state(backend):
     stats = SolverStats()
     out = odeint(c, y0, t1, backend=backend, stats=stats)
     assert torch.equal(out, y0[None]) and stats.forward.nfe == 2  # torchdiffeq's too
+    assert c.n == 2 and stats.forward.attempted == 0 and stats.forward.polls == 1
+    out[0, 0] = 5.0
+    assert y0[0] == 1.0  # the result does not alias y0
     empty = odeint(lambda t, y: -y, torch.ones(0, 4, dtype=F64), torch.tensor([0.0, 1.0]))
     assert empty.shape == (2, 0, 4)
 

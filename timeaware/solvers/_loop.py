@@ -36,7 +36,9 @@ def run(stepper, check_every: int | None, counts: SolveCounts | None, max_num_st
     """
     stepper.init()
     exact = stepper.exact_graph
-    k, cap, attempts, polls = 1, 1, 0, 0
+    # one output time: nothing to integrate after the initial step selection (torchdiffeq
+    # still makes its 2 evaluations); check once, attempt nothing
+    k, cap, attempts, polls = (0 if stepper.T == 1 else 1), 1, 0, 0
     while True:
         for _ in range(k):
             stepper.attempt()

@@ -293,8 +293,8 @@ class RefStepper:
         return float(self.poll_t.item())
 
     def result(self) -> Tensor:
-        """(T, *y0.shape) solution."""
-        return self.sol
+        """(T, *y0.shape) solution (a new tensor, never a view of y0)."""
+        return self.sol if self.T > 1 else self.sol.clone()
 
     def accepted_tensor(self) -> Tensor:
         return self.acc
