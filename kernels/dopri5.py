@@ -24,10 +24,14 @@ associate differently, so results agree to rounding, not bit for bit). ``pow`` i
 in the flipped variable ``tau = sign * t``: the sign is folded into the dt-scaled coefficients,
 which is exact, so the raw function values are used unchanged.
 
-Work is split into chunks (``Chunks``: start offsets, one program per chunk) that never straddle
-a segment of the state; reductions write one fp partial per chunk, and the kernels that need the
-total sum the partials of each segment themselves (``SegLo``/``SegHi``: chunk ranges, ``SegN``:
-element counts), so no atomics are used and the result is deterministic.
+Work is split into chunks (``Chunks``: start offsets) that never straddle a segment of the
+state; each program runs a range of chunks (``Progs``: one chunk per program on a GPU, all of
+them in one program under the interpreter). Reductions write one partial per chunk, and the
+kernels that need the total sum the partials of each segment themselves (``SegLo``/``SegHi``:
+chunk ranges, ``SegN``: element counts), so no atomics are used and the result is
+deterministic. Scalars are written by program 0 only, and no kernel reads a scalar that the
+same kernel writes (``begin`` snapshots State into ScT; ``update`` reads ScT, writes State), so
+programs never race.
 
 Supported state dtypes: float32 and float64. Inputs are 1-D contiguous.
 """

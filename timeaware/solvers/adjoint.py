@@ -91,6 +91,7 @@ class _Run:
         aug[1 : 1 + n] = sol[-1].reshape(-1)
         aug[1 + n : 1 + 2 * n] = grad_y[-1].reshape(-1)
         time_vjps = torch.empty(T, dtype=t.dtype, device=t.device) if t_grad else None
+        t_rev = t.detach().flip(0).to(torch.float64)
         for i in range(T - 1, 0, -1):
             if t_grad:  # the effect of moving output time t[i]
                 fe = func(t[i].to(dtype), sol[i])
@@ -100,9 +101,10 @@ class _Run:
                 if counts is not None:
                     counts.nfe += 1
                     counts.calls += 1
-            out = solve(augmented, aug, t[i - 1 : i + 1].flip(0), self.adj_rtol, self.adj_atol,
-                        self.adj_opts, self.backend, False, counts, segments)  # fmt: skip
-            aug = out[1].clone()
+            pair = t_rev[T - 1 - i : T + 1 - i]  # (t[i], t[i - 1]): a view, no copy
+            out = solve(augmented, aug, pair, self.adj_rtol, self.adj_atol, self.adj_opts,
+                        self.backend, False, counts, segments)  # fmt: skip
+            aug = out[1]  # out is this solve's own buffer
             aug[1 : 1 + n] = sol[i - 1].reshape(-1)
             aug[1 + n : 1 + 2 * n] += grad_y[i - 1].reshape(-1)
         if t_grad:
