@@ -70,3 +70,9 @@ __all__ += [
     "nn",
 ]
 # --- end ---
+
+# --- solvers exports ---
+from timeaware.solvers import SolverError, SolverStats, odeint, odeint_adjoint  # noqa: E402
+
+__all__ += ["SolverError", "SolverStats", "odeint", "odeint_adjoint"]
+# --- end ---

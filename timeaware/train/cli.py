@@ -19,6 +19,7 @@ from timeaware.train.node import (
     ACTS,
     NORMS,
     PLATEAU_METRICS,
+    SOLVERS,
     TIME_EMBEDS,
     NodeConfig,
     node_config_from_dict,
@@ -294,6 +295,13 @@ def build_node_parser(sub) -> argparse.ArgumentParser:
         "--adjoint",
         action=argparse.BooleanOptionalAction,
         help="backward by the adjoint method (a second solve; NFE-B counts it)" + _d(True),
+    )
+    # --- solver (timeaware.odeint) ---
+    m.add_argument(
+        "--solver",
+        choices=SOLVERS,
+        help="ODE solver: torchdiffeq, or timeaware (the same dopri5 steps and NFE with fused "
+        "stage kernels and no host sync per step; dopri5 only)" + _d(cfg.solver),
     )
     o = p.add_argument_group("optimisation")
     o.add_argument("--epochs", type=int, help="training epochs" + _d(cfg.epochs))

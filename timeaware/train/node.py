@@ -65,6 +65,7 @@ INJECTS = (None, "linear")
 ZERO_BIAS = ("none", "operand", "timestep", "all")
 TIME_EMBEDS = ("concat", "mlp")
 PLATEAU_METRICS = ("train_loss", "test_loss", "test_acc")
+SOLVERS = ("torchdiffeq", "timeaware")  # --solver: timeaware.models.node.SOLVERS
 
 
 @dataclass
@@ -92,6 +93,7 @@ class NodeConfig:
     atol: float = 1e-3
     adjoint: bool = True
     max_num_steps: int = 0  # 0: torchdiffeq's default (no practical limit)
+    solver: str = "torchdiffeq"  # or "timeaware" (timeaware.odeint; dopri5 only)
     backend: str = "auto"
     # optimisation
     epochs: int = 250
@@ -140,6 +142,7 @@ def _check_config(cfg: NodeConfig) -> None:
         "plateau_metric": PLATEAU_METRICS,
         "backend": BACKENDS,
         "augment": ("auto", *AUGMENTATIONS),
+        "solver": SOLVERS,
     }
     for k, allowed in choices.items():
         if getattr(cfg, k) not in allowed:
@@ -158,6 +161,8 @@ def _check_config(cfg: NodeConfig) -> None:
             raise TrainingError(f"--groups {cfg.groups} applies to --norm group, not {cfg.norm}")
     if cfg.image_size % 4:
         raise bad("image_size", cfg.image_size, "a multiple of 4 (two stride-2 blocks)")
+    if cfg.solver == "timeaware" and cfg.method != "dopri5":
+        raise bad("method", cfg.method, "dopri5 with --solver timeaware")
     if not 0.0 <= cfg.dropout < 1.0:
         raise bad("dropout", cfg.dropout, "a value in [0, 1)")
 
@@ -166,7 +171,7 @@ def build_node_model(cfg: NodeConfig, data: ImageData) -> torch.nn.Module:
     """``timeaware.models.NODEClassifier`` with the config's options."""
     from timeaware.models import NODEClassifier
 
-    return NODEClassifier(
+    model = NODEClassifier(
         in_channels=data.channels,
         num_classes=data.num_classes,
         channels=cfg.channels,
@@ -184,6 +189,8 @@ def build_node_model(cfg: NodeConfig, data: ImageData) -> torch.nn.Module:
         adjoint=cfg.adjoint,
         options={"max_num_steps": cfg.max_num_steps} if cfg.max_num_steps > 0 else None,
     )
+    model.odeblock.solver = cfg.solver  # --solver (validated by _check_config)
+    return model
 
 
 def _solver_error_type() -> type[BaseException]:
