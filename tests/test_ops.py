@@ -112,11 +112,11 @@ def test_backend_selection_per_call_context_and_env(monkeypatch):
     calls = []
 
     class Spy:
-        def group_norm_act_fwd(self, *a, **k):
+        def forward(self, *a, **k):
             calls.append("triton")
             from timeaware.kernels import group_norm_act as k_
 
-            return k_.group_norm_act_fwd(*a, **k)
+            return k_.forward(*a, **k)
 
     monkeypatch.setattr(timeaware.ops, "_kernels", lambda: Spy())
     x = torch.randn(2, 4, 3, 3)
