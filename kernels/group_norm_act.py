@@ -144,7 +144,7 @@ def _load_u(
 def _rstd(var, eps):
     """1 / sqrt(var + eps); NaN when the fp32 variance overflowed (or is NaN)."""
     rstd = 1.0 / tl.sqrt(var + eps)
-    return tl.where(var <= 3.4028234663852886e38, rstd, rstd * 0.0 + var * 0.0 - var)
+    return tl.where(var <= 3.4028234663852886e38, rstd, float("nan"))
 
 
 @triton.jit
@@ -896,115 +896,153 @@ def _gn_bwd_finalize_kernel(
     DWp, DBp, DEmbP = WS + o_dw, WS + o_db, WS + o_demb
     DTimeP, DPosP, MG = WS + o_dt, WS + o_dp, WS + o_mg
     pid = tl.program_id(0)
+    # one job per program; each job is a helper so that no name is shared between branches
     if pid < n_chan:
-        # per channel: dweight, dbeta, dconv_bias = sums over (n, s); demb[n] = sum over s
-        c = pid * BLOCK_CF + tl.arange(0, BLOCK_CF)[:, None]
-        mc = c < C
-        s = tl.arange(0, BLOCK_S)[None, :]
-        acc_w = tl.zeros([BLOCK_CF], dtype=tl.float32)
-        acc_b = tl.zeros([BLOCK_CF], dtype=tl.float32)
-        acc_cb = tl.zeros([BLOCK_CF], dtype=tl.float32)
-        for n in range(N):
-            base = (n * C + c).to(tl.int64) * S
-            e = tl.zeros([BLOCK_CF], dtype=tl.float32)
-            for s0 in range(0, S, BLOCK_S):
-                m = mc & (s0 + s < S)
-                if NEED_DW:
-                    acc_w += tl.sum(tl.load(DWp + base + s0 + s, mask=m, other=0.0), axis=1)
-                if NEED_DB:
-                    acc_b += tl.sum(tl.load(DBp + base + s0 + s, mask=m, other=0.0), axis=1)
-                if NEED_DEMB or NEED_DCB:
-                    e += tl.sum(tl.load(DEmbP + base + s0 + s, mask=m, other=0.0), axis=1)
-            if NEED_DEMB:
-                c1 = pid * BLOCK_CF + tl.arange(0, BLOCK_CF)
-                tl.store(DEmb + n * C + c1, e.to(DEmb.dtype.element_ty), mask=c1 < C)
-            acc_cb += e
-        c1 = pid * BLOCK_CF + tl.arange(0, BLOCK_CF)
-        mc1 = c1 < C
-        if NEED_DW:
-            tl.store(DW + c1, acc_w.to(DW.dtype.element_ty), mask=mc1)
-        if NEED_DB:
-            tl.store(DB + c1, acc_b.to(DB.dtype.element_ty), mask=mc1)
-        if NEED_DCB:
-            tl.store(DCB + c1, acc_cb.to(DCB.dtype.element_ty), mask=mc1)
+        _fin_channels(DWp, DBp, DEmbP, DW, DB, DCB, DEmb, pid, N, C, S,
+                      BLOCK_CF, BLOCK_S, NEED_DW, NEED_DB, NEED_DCB, NEED_DEMB)  # fmt: skip
     elif pid < n_chan + n_tmap:
         if NEED_DTMAP:
-            # dtime_map[c, hw] = sum_n du[n, c, hw] * time[n], over [BLOCK_TN, BLOCK_TM] tiles
-            i = (pid - n_chan) * BLOCK_TM + tl.arange(0, BLOCK_TM)[None, :]
-            mi = i < C * HW
-            c = i // HW
-            hw = i - c * HW
-            acc = tl.zeros([BLOCK_TN, BLOCK_TM], dtype=tl.float32)
-            R = N * G
-            for n0 in range(0, N, BLOCK_TN):
-                n = (n0 + tl.arange(0, BLOCK_TN)[:, None]).to(tl.int64)
-                m_n = n < N
-                m = m_n & mi
-                if TMAP_FROM_DU:
-                    off = n * stride_xn + c * stride_xc + hw * stride_xhw
-                    du = tl.load(DU + off, mask=m, other=0.0).to(tl.float32)
-                else:
-                    r = n * G + c // Cg
-                    mean = tl.load(Stats + r, mask=m, other=0.0)
-                    rstd = tl.load(Stats + R + r, mask=m, other=0.0)
-                    shift = tl.load(MG + r, mask=m, other=0.0)
-                    mgx = tl.load(MG + R + r, mask=m, other=0.0)
-                    mgxh = tl.load(MG + 2 * R + r, mask=m, other=0.0)
-                    u = _load_u(X, CBias, Emb, Time, TMap, Pos, n, c, hw, m_n, m, m,
-                                stride_xn, stride_xc, stride_xhw, stride_en, stride_t, t_scalar,
-                                HW, HAS_CBIAS, HAS_EMB, HAS_TIME, TIME_SCALAR, HAS_POS,
-                                POS_BCAST)  # fmt: skip
-                    d = tl.where(m, u - mean, 0.0)
-                    g_ = _recompute_g(DY, W, B, d, rstd, n, c, hw, m, m, stride_dyn,
-                                      stride_dyc, stride_dyhw, HAS_WEIGHT, HAS_BETA,
-                                      ACT)  # fmt: skip
-                    xhat = (d - shift) * rstd
-                    gx = _times_weight(g_, W, c, m, HAS_WEIGHT)
-                    du = tl.where(m, rstd * (gx - mgx - xhat * mgxh), 0.0)
-                if TIME_SCALAR:
-                    acc += du * t_scalar
-                else:
-                    acc += du * tl.load(Time + n * stride_t, mask=m_n, other=0.0).to(tl.float32)
-            i1 = (pid - n_chan) * BLOCK_TM + tl.arange(0, BLOCK_TM)
-            tl.store(DTMap + i1, tl.sum(acc, axis=0).to(DTMap.dtype.element_ty), mask=i1 < C * HW)
+            _fin_time_map(DTMap, DY, X, DU, W, B, CBias, Emb, Time, TMap, Pos, Stats, MG,
+                          pid - n_chan, N, G, Cg, HW, C * HW, t_scalar,
+                          stride_xn, stride_xc, stride_xhw, stride_dyn, stride_dyc, stride_dyhw,
+                          stride_en, stride_t, BLOCK_TN, BLOCK_TM, HAS_WEIGHT, HAS_BETA,
+                          HAS_CBIAS, HAS_EMB, HAS_TIME, TIME_SCALAR, HAS_POS, POS_BCAST, ACT,
+                          TMAP_FROM_DU)  # fmt: skip
     elif pid < n_chan + n_tmap + n_pos:
         if NEED_DPOS:
-            # dpos[n, hw] = sum_q partials (and over n for a (1, H, W) pos)
-            hw = (pid - n_chan - n_tmap) * BLOCK_PH + tl.arange(0, BLOCK_PH)[None, :]
-            mh = hw < HW
-            q = tl.arange(0, BLOCK_Q)[:, None]
-            hw1 = (pid - n_chan - n_tmap) * BLOCK_PH + tl.arange(0, BLOCK_PH)
-            acc = tl.zeros([BLOCK_PH], dtype=tl.float32)
-            for n in range(N):
-                v = tl.zeros([BLOCK_PH], dtype=tl.float32)
-                for q0 in range(0, Q, BLOCK_Q):
-                    m = mh & (q0 + q < Q)
-                    rows = (n * Q + q0 + q).to(tl.int64)
-                    v += tl.sum(tl.load(DPosP + rows * HW + hw, mask=m, other=0.0), axis=0)
-                if POS_BCAST:
-                    acc += v
-                else:
-                    tl.store(DPos + n * HW + hw1, v.to(DPos.dtype.element_ty), mask=hw1 < HW)
-            if POS_BCAST:
-                tl.store(DPos + hw1, acc.to(DPos.dtype.element_ty), mask=hw1 < HW)
+            _fin_pos(DPosP, DPos, pid - n_chan - n_tmap, N, HW, Q, BLOCK_Q, BLOCK_PH, POS_BCAST)
     else:
         if NEED_DTIME:
-            # dtime[n] = sum_p partials (and over n for a 0-d time)
-            p = tl.arange(0, BLOCK_P)[None, :]
-            acc = tl.zeros([BLOCK_N], dtype=tl.float32)
-            for n0 in range(0, N, BLOCK_N):
-                nn = n0 + tl.arange(0, BLOCK_N)[:, None]
-                v = tl.zeros([BLOCK_N], dtype=tl.float32)
-                for p0 in range(0, P, BLOCK_P):
-                    m = (nn < N) & (p0 + p < P)
-                    v += tl.sum(tl.load(DTimeP + nn * P + p0 + p, mask=m, other=0.0), axis=1)
-                if TIME_BCAST:
-                    acc += v
-                else:
-                    n1 = n0 + tl.arange(0, BLOCK_N)
-                    tl.store(DTime + n1, v.to(DTime.dtype.element_ty), mask=n1 < N)
-            if TIME_BCAST:
-                tl.store(DTime, tl.sum(acc, axis=0).to(DTime.dtype.element_ty))
+            _fin_time(DTimeP, DTime, N, P, BLOCK_N, BLOCK_P, TIME_BCAST)
+
+
+@triton.jit
+def _fin_channels(
+    DWp, DBp, DEmbP, DW, DB, DCB, DEmb, pid, N, C, S,
+    BLOCK_CF: tl.constexpr, BLOCK_S: tl.constexpr, NEED_DW: tl.constexpr,
+    NEED_DB: tl.constexpr, NEED_DCB: tl.constexpr, NEED_DEMB: tl.constexpr,
+):  # fmt: skip
+    """Per channel: dweight, dbeta, dconv_bias = sums over (n, s); demb[n] = sum over s."""
+    c = pid * BLOCK_CF + tl.arange(0, BLOCK_CF)[:, None]
+    mc = c < C
+    c1 = pid * BLOCK_CF + tl.arange(0, BLOCK_CF)
+    mc1 = c1 < C
+    s = tl.arange(0, BLOCK_S)[None, :]
+    acc_w = tl.zeros([BLOCK_CF], dtype=tl.float32)
+    acc_b = tl.zeros([BLOCK_CF], dtype=tl.float32)
+    acc_cb = tl.zeros([BLOCK_CF], dtype=tl.float32)
+    for n in range(N):
+        base = (n * C + c).to(tl.int64) * S
+        e = tl.zeros([BLOCK_CF], dtype=tl.float32)
+        for s0 in range(0, S, BLOCK_S):
+            m = mc & (s0 + s < S)
+            if NEED_DW:
+                acc_w += tl.sum(tl.load(DWp + base + s0 + s, mask=m, other=0.0), axis=1)
+            if NEED_DB:
+                acc_b += tl.sum(tl.load(DBp + base + s0 + s, mask=m, other=0.0), axis=1)
+            if NEED_DEMB or NEED_DCB:
+                e += tl.sum(tl.load(DEmbP + base + s0 + s, mask=m, other=0.0), axis=1)
+        if NEED_DEMB:
+            tl.store(DEmb + n * C + c1, e.to(DEmb.dtype.element_ty), mask=mc1)
+        acc_cb += e
+    if NEED_DW:
+        tl.store(DW + c1, acc_w.to(DW.dtype.element_ty), mask=mc1)
+    if NEED_DB:
+        tl.store(DB + c1, acc_b.to(DB.dtype.element_ty), mask=mc1)
+    if NEED_DCB:
+        tl.store(DCB + c1, acc_cb.to(DCB.dtype.element_ty), mask=mc1)
+
+
+@triton.jit
+def _fin_time_map(
+    DTMap, DY, X, DU, W, B, CBias, Emb, Time, TMap, Pos, Stats, MG, pid, N, G, Cg, HW, CHW,
+    t_scalar, stride_xn, stride_xc, stride_xhw, stride_dyn, stride_dyc, stride_dyhw, stride_en,
+    stride_t, BLOCK_TN: tl.constexpr, BLOCK_TM: tl.constexpr, HAS_WEIGHT: tl.constexpr,
+    HAS_BETA: tl.constexpr, HAS_CBIAS: tl.constexpr, HAS_EMB: tl.constexpr,
+    HAS_TIME: tl.constexpr, TIME_SCALAR: tl.constexpr, HAS_POS: tl.constexpr,
+    POS_BCAST: tl.constexpr, ACT: tl.constexpr, TMAP_FROM_DU: tl.constexpr,
+):  # fmt: skip
+    """dtime_map[c, hw] = sum_n du[n, c, hw] * time[n], over [BLOCK_TN, BLOCK_TM] tiles; du is
+    read from the fp32 dx (TMAP_FROM_DU) or recomputed from x, dy, the stats and MG."""
+    i = pid * BLOCK_TM + tl.arange(0, BLOCK_TM)[None, :]
+    mi = i < CHW
+    c = i // HW
+    hw = i - c * HW
+    acc = tl.zeros([BLOCK_TN, BLOCK_TM], dtype=tl.float32)
+    R = N * G
+    for n0 in range(0, N, BLOCK_TN):
+        n = (n0 + tl.arange(0, BLOCK_TN)[:, None]).to(tl.int64)
+        m_n = n < N
+        m = m_n & mi
+        if TMAP_FROM_DU:
+            du = tl.load(DU + n * stride_xn + c * stride_xc + hw * stride_xhw, mask=m, other=0.0)
+            du = du.to(tl.float32)
+        else:
+            r = n * G + c // Cg
+            mean = tl.load(Stats + r, mask=m, other=0.0)
+            rstd = tl.load(Stats + R + r, mask=m, other=0.0)
+            shift = tl.load(MG + r, mask=m, other=0.0)
+            mgx = tl.load(MG + R + r, mask=m, other=0.0)
+            mgxh = tl.load(MG + 2 * R + r, mask=m, other=0.0)
+            u = _load_u(X, CBias, Emb, Time, TMap, Pos, n, c, hw, m_n, m, m,
+                        stride_xn, stride_xc, stride_xhw, stride_en, stride_t, t_scalar, HW,
+                        HAS_CBIAS, HAS_EMB, HAS_TIME, TIME_SCALAR, HAS_POS, POS_BCAST)  # fmt: skip
+            d = tl.where(m, u - mean, 0.0)
+            g = _recompute_g(DY, W, B, d, rstd, n, c, hw, m, m, stride_dyn, stride_dyc,
+                             stride_dyhw, HAS_WEIGHT, HAS_BETA, ACT)  # fmt: skip
+            xhat = (d - shift) * rstd
+            gx = _times_weight(g, W, c, m, HAS_WEIGHT)
+            du = tl.where(m, rstd * (gx - mgx - xhat * mgxh), 0.0)
+        if TIME_SCALAR:
+            acc += du * t_scalar
+        else:
+            acc += du * tl.load(Time + n * stride_t, mask=m_n, other=0.0).to(tl.float32)
+    i1 = pid * BLOCK_TM + tl.arange(0, BLOCK_TM)
+    tl.store(DTMap + i1, tl.sum(acc, axis=0).to(DTMap.dtype.element_ty), mask=i1 < CHW)
+
+
+@triton.jit
+def _fin_pos(DPosP, DPos, pid, N, HW, Q, BLOCK_Q: tl.constexpr, BLOCK_PH: tl.constexpr,
+             POS_BCAST: tl.constexpr):  # fmt: skip
+    """dpos[n, hw] = sum_q partials (and over n for a (1, H, W) pos)."""
+    hw = pid * BLOCK_PH + tl.arange(0, BLOCK_PH)[None, :]
+    mh = hw < HW
+    q = tl.arange(0, BLOCK_Q)[:, None]
+    hw1 = pid * BLOCK_PH + tl.arange(0, BLOCK_PH)
+    acc = tl.zeros([BLOCK_PH], dtype=tl.float32)
+    for n in range(N):
+        v = tl.zeros([BLOCK_PH], dtype=tl.float32)
+        for q0 in range(0, Q, BLOCK_Q):
+            m = mh & (q0 + q < Q)
+            rows = (n * Q + q0 + q).to(tl.int64)
+            v += tl.sum(tl.load(DPosP + rows * HW + hw, mask=m, other=0.0), axis=0)
+        if POS_BCAST:
+            acc += v
+        else:
+            tl.store(DPos + n * HW + hw1, v.to(DPos.dtype.element_ty), mask=hw1 < HW)
+    if POS_BCAST:
+        tl.store(DPos + hw1, acc.to(DPos.dtype.element_ty), mask=hw1 < HW)
+
+
+@triton.jit
+def _fin_time(DTimeP, DTime, N, P, BLOCK_N: tl.constexpr, BLOCK_P: tl.constexpr,
+              TIME_BCAST: tl.constexpr):  # fmt: skip
+    """dtime[n] = sum_p partials (and over n for a 0-d time)."""
+    p = tl.arange(0, BLOCK_P)[None, :]
+    acc = tl.zeros([BLOCK_N], dtype=tl.float32)
+    for n0 in range(0, N, BLOCK_N):
+        nn = n0 + tl.arange(0, BLOCK_N)[:, None]
+        v = tl.zeros([BLOCK_N], dtype=tl.float32)
+        for p0 in range(0, P, BLOCK_P):
+            m = (nn < N) & (p0 + p < P)
+            v += tl.sum(tl.load(DTimeP + nn * P + p0 + p, mask=m, other=0.0), axis=1)
+        if TIME_BCAST:
+            acc += v
+        else:
+            n1 = n0 + tl.arange(0, BLOCK_N)
+            tl.store(DTime + n1, v.to(DTime.dtype.element_ty), mask=n1 < N)
+    if TIME_BCAST:
+        tl.store(DTime, tl.sum(acc, axis=0).to(DTime.dtype.element_ty))
 
 
 # ----------------------------------------------------------------------------------------------
