@@ -29,10 +29,11 @@ Two regimes, chosen per call from the group size ``L = C/G * H * W``:
 * split (otherwise, e.g. G=1 on N128 C128 32x32: 131072 values per group): each group is cut
   into chunks of ``BLOCK_C`` channels x a range of pixels, spread over enough programs to fill
   about two waves of SMs. Forward: per-chunk (count, mean, M2) partials of ``u - K`` (K: the
-  group's first value, a shift that keeps means far from zero precise), a finalize kernel
-  (Chan combination) writing mean/rstd, then an elementwise apply kernel. Backward: per-chunk
-  sums of gx, gx*xhat and (u - mean); an elementwise dx kernel that sums its group's chunk
-  partials itself and writes per-(n, c, chunk) partials; the same finalize kernel.
+  group's first value, a shift that keeps means far from zero precise), then an elementwise
+  apply kernel whose programs each combine their group's partials (Chan, fixed order; the
+  first program of a group stores mean/rstd): two launches, two reads of x. Backward:
+  per-chunk sums of gx, gx*xhat and (u - mean); an elementwise dx kernel that sums its group's
+  chunk partials itself and writes per-(n, c, chunk) partials; the finalize kernel.
 
 Reductions are deterministic: fixed-order sums of fp32 partials, no atomics.
 
@@ -74,7 +75,7 @@ _ACTS = {"identity": 0, "relu": 1, "silu": 2}
 _MAX_FUSED_TILE = 8192  # padded elements of one group tile in the fused regime (registers)
 _PACK_TILE = 4096  # elements a fused program aims to hold when it packs several groups
 _MAX_SPLIT_TILE = 4096  # elements of one tile in the split regime
-_MAX_FINALIZE_BLOCK = 1024  # partials combined per step by the Chan finalize kernel
+_MAX_FINALIZE_BLOCK = 1024  # chunk partials of a group combined per step
 _FIN_TILE = 2048  # elements of one tile of the backward finalize kernel
 _CPU_TARGET_PROGRAMS = 2  # interpreter: few, large programs are fastest
 _F32_MAX = 3.4028234663852886e38
@@ -281,7 +282,7 @@ def _gn_fwd_fused_kernel(
 
 
 # ----------------------------------------------------------------------------------------------
-# forward, split regime: stats partials per chunk -> finalize (Chan) -> elementwise apply
+# forward, split regime: stats partials per chunk -> elementwise apply (Chan-combines them)
 # grid (N * G, S_C, S_HW): program (r, ic, ih) owns channels [ic*BLOCK_C, +BLOCK_C) of group r
 # and pixels [ih*HPC, min((ih+1)*HPC, HW)), looped over in tiles of BLOCK_HW pixels.
 # ----------------------------------------------------------------------------------------------
@@ -367,19 +368,19 @@ def _gn_fwd_split_stats_kernel(
 
 
 @triton.jit
-def _gn_split_finalize_kernel(
+def _chan_combine(
     Part,  # (4, N * G, S) fp32 chunk count, mean of u - K, M2, shift K
-    Stats,  # (2, N * G) fp32 out: mean, rstd
-    R,  # N * G
+    RS,  # N * G * S
+    r,  # group index
     S,
     eps,
     BLOCK_S: tl.constexpr,
 ):
-    # Chan: mean = sum(n_i mean_i) / n;  M2 = sum(M2_i + n_i (mean_i - mean)^2);  var = M2 / n
-    # (the chunk means are of u - K; the mean of u is K + mean)
-    r = tl.program_id(0).to(tl.int64)
+    """(mean, rstd) of group r from its S chunk partials, in a fixed order.
+
+    Chan: mean = sum(n_i mean_i) / n;  M2 = sum(M2_i + n_i (mean_i - mean)^2);  var = M2 / n
+    (the chunk means are of u - K; the mean of u is K + mean)."""
     base = r * S
-    RS = R * S
     cnt_acc = tl.zeros([BLOCK_S], dtype=tl.float32)
     sum_acc = tl.zeros([BLOCK_S], dtype=tl.float32)
     for s0 in range(0, S, BLOCK_S):
@@ -398,8 +399,7 @@ def _gn_split_finalize_kernel(
         dm = tl.load(Part + RS + base + s, mask=ms, other=0.0) - mean
         m2_acc += tl.load(Part + 2 * RS + base + s, mask=ms, other=0.0) + cnt * dm * dm
     var = tl.sum(m2_acc, axis=0) / total
-    tl.store(Stats + r, tl.load(Part + 3 * RS + base) + mean)
-    tl.store(Stats + R + r, _rstd(var, eps))
+    return tl.load(Part + 3 * RS + base) + mean, _rstd(var, eps)
 
 
 @triton.jit
@@ -413,12 +413,14 @@ def _gn_fwd_split_apply_kernel(
     Time,  # (N,) time
     TMap,  # (C, H, W) time map
     Pos,  # (N|1, H, W) positional embedding
-    Stats,  # (2, N * G) fp32 mean, rstd
+    Part,  # (4, N * G, S) fp32 chunk partials of the stats kernel
+    Stats,  # (2, N * G) fp32 out: mean, rstd
     R,
     G,
     Cg,
     HW,
     HPC,
+    eps,
     t_scalar,
     stride_xn,
     stride_xc,
@@ -427,6 +429,7 @@ def _gn_fwd_split_apply_kernel(
     stride_t,
     BLOCK_C: tl.constexpr,
     BLOCK_HW: tl.constexpr,
+    BLOCK_S: tl.constexpr,
     HAS_WEIGHT: tl.constexpr,
     HAS_BETA: tl.constexpr,
     HAS_CBIAS: tl.constexpr,
@@ -445,8 +448,13 @@ def _gn_fwd_split_apply_kernel(
     c = (r - n * G) * Cg + cl
     m_n = n >= 0
     m_c = cl < Cg
-    mean = tl.load(Stats + r)
-    rstd = tl.load(Stats + R + r)
+    # every program of the group combines the group's chunk partials (same order, same values);
+    # the first one stores them for the backward: no separate finalize launch
+    S = tl.num_programs(1) * tl.num_programs(2)
+    mean, rstd = _chan_combine(Part, R * S, r, S, eps, BLOCK_S)
+    if (ic == 0) & (ih == 0):
+        tl.store(Stats + r, mean)
+        tl.store(Stats + R + r, rstd)
     hw_lo = ih * HPC
     hw_hi = tl.minimum(hw_lo + HPC, HW)
     for h0 in range(hw_lo, hw_hi, BLOCK_HW):
@@ -1291,10 +1299,8 @@ def _make_fwd_plan(N, C, HW, G, threshold, programs, device, fkey):
     launch = (
         (R, plan["S_C"], plan["S_HW"]),
         _consts(_gn_fwd_split_stats_kernel, {**blocks, **addends}),
-        _consts(_gn_split_finalize_kernel, {"BLOCK_S": block_s}),
-        _consts(_gn_fwd_split_apply_kernel, {**blocks, **flags}),
+        _consts(_gn_fwd_split_apply_kernel, {**blocks, "BLOCK_S": block_s, **flags}),
         nw,
-        max(1, min(4, block_s // 256)),
     )
     return ("split", launch, S, plan["HPC"], _template((2, N, G), device))
 
@@ -1365,18 +1371,15 @@ def _forward(
             *consts, grid=grid, warmup=False, num_warps=nw,
         )  # fmt: skip
         return y, stats, prep
-    _, (grid, stats_c, fin_c, apply_c, nw, fin_nw), S, hpc, _ = plan
+    _, (grid, stats_c, apply_c, nw), S, hpc, _ = plan
     part = x.new_empty((4, R, S), dtype=_F32)
     _gn_fwd_split_stats_kernel.run(
         x, *ptrs[2:], part, R * S, G, Cg, HW, hpc, t_scalar, sxn, sxc, sxhw, sen, stride_t,
         *stats_c, grid=grid, warmup=False, num_warps=nw,
     )  # fmt: skip
-    _gn_split_finalize_kernel.run(
-        part, stats, R, S, float(eps), *fin_c, grid=(R,), warmup=False, num_warps=fin_nw
-    )
     _gn_fwd_split_apply_kernel.run(
-        x, y, *ptrs, stats, R, G, Cg, HW, hpc, t_scalar, sxn, sxc, sxhw, sen, stride_t,
-        *apply_c, grid=grid, warmup=False, num_warps=nw,
+        x, y, *ptrs, part, stats, R, G, Cg, HW, hpc, float(eps), t_scalar, sxn, sxc, sxhw, sen,
+        stride_t, *apply_c, grid=grid, warmup=False, num_warps=nw,
     )  # fmt: skip
     return y, stats, prep
 

@@ -142,6 +142,28 @@ def test_op_backward_of_x_only_is_one_launch():
     assert_budget(count(fwd_bwd), "op forward+backward, dx only", launches=2, exact=True)
 
 
+def test_op_split_regime_launches():
+    # G = 1 on a group larger than the fused regime takes (N1 C64 8x16: 8192 values): forward
+    # = stats + apply (each apply program combines its group's partials: no finalize launch),
+    # backward = reduce + dx + finalize
+    x = _leaf(1, 64, 8, 16)
+    a = _op_args(1, 64, 8, 16)
+    leaves = [x, *a.values()]
+    dy = torch.randn(1, 64, 8, 16)
+
+    def fwd():
+        return timeaware.group_norm_act(x, 1, act="silu", backend="triton", **a)
+
+    def fwd_bwd():
+        for t in leaves:
+            t.grad = None
+        torch.autograd.backward(fwd(), dy)
+
+    fwd_bwd()
+    assert_budget(count(fwd), "split forward", launches=2, exact=True)
+    assert_budget(count(fwd_bwd), "split forward+backward", launches=5)
+
+
 # ---------------------------------------------------------------------- op: host time
 # The goal is fused <= 1.0x the eager ops it replaces; the test allows 1.5x so that a
 # loaded CI machine does not fail it, and still fails on a regression of the host path (the op
