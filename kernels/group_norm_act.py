@@ -281,6 +281,83 @@ def _gn_fwd_fused_kernel(
     tl.store(Y + n * stride_xn + c * stride_xc + hw * stride_xhw, y.to(Y.dtype.element_ty), mask=m)
 
 
+@triton.jit
+def _spread(v, ROWS: tl.constexpr, BLOCK_C: tl.constexpr):
+    """[ROWS] per-group values -> [ROWS * BLOCK_C, 1], one per channel of the packed tile."""
+    v = tl.broadcast_to(v[:, None], [ROWS, BLOCK_C])
+    return tl.reshape(v, [ROWS * BLOCK_C])[:, None]
+
+
+@triton.jit
+def _group_sum(t, ROWS: tl.constexpr, BLOCK_C: tl.constexpr):
+    """[ROWS * BLOCK_C, BLOCK_HW] tile -> [ROWS] sums over each group's channels and pixels."""
+    per_channel = tl.sum(t, axis=1)
+    return tl.sum(tl.reshape(per_channel, [ROWS, BLOCK_C]), axis=1)
+
+
+@triton.jit
+def _gn_fwd_packed_kernel(
+    X,  # (N, C, H, W) input, strides (stride_xn, stride_xc, stride_xhw)
+    Y,  # (N, C, H, W) output, same strides as X
+    W,  # (C,) weight
+    B,  # (C,) beta
+    CBias,  # (C,) conv bias
+    Emb,  # (N, C) embedding
+    Time,  # (N,) time
+    TMap,  # (C, H, W) time map
+    Pos,  # (N|1, H, W) positional embedding
+    Stats,  # (2, N * G) fp32 out: mean, then rstd
+    R,  # N * G
+    G,  # a multiple of ROWS
+    HW,
+    eps,
+    t_scalar,
+    stride_xn,
+    stride_xc,
+    stride_xhw,
+    stride_en,
+    stride_t,
+    ROWS: tl.constexpr,
+    BLOCK_C: tl.constexpr,  # == C // G
+    BLOCK_HW: tl.constexpr,
+    HAS_WEIGHT: tl.constexpr,
+    HAS_BETA: tl.constexpr,
+    HAS_CBIAS: tl.constexpr,
+    HAS_EMB: tl.constexpr,
+    HAS_TIME: tl.constexpr,
+    TIME_SCALAR: tl.constexpr,
+    HAS_POS: tl.constexpr,
+    POS_BCAST: tl.constexpr,
+    ACT: tl.constexpr,
+):
+    """The fused forward for C/G a power of two: ROWS consecutive groups of one sample as one
+    [ROWS * C/G channels, pixels] tile, so the channel axis is contiguous over the whole tile
+    (channels_last: vector loads along C; NCHW: along the pixels as before)."""
+    CH: tl.constexpr = ROWS * BLOCK_C
+    pid = tl.program_id(0).to(tl.int64)
+    r0 = pid * ROWS  # first group of the program (n * G + g0)
+    n = r0 // G
+    c = ((r0 - n * G) * BLOCK_C + tl.arange(0, CH))[:, None]
+    hw = tl.arange(0, BLOCK_HW)[None, :]
+    m_n = n >= 0  # always true: the grid holds whole runs of ROWS groups
+    m_c = c >= 0
+    m = m_c & (hw < HW)
+    u = _load_u(X, CBias, Emb, Time, TMap, Pos, n, c, hw, m_n, m_c, m,
+                stride_xn, stride_xc, stride_xhw, stride_en, stride_t, t_scalar, HW,
+                HAS_CBIAS, HAS_EMB, HAS_TIME, TIME_SCALAR, HAS_POS, POS_BCAST)  # fmt: skip
+    L = BLOCK_C * HW
+    mean = _group_sum(u, ROWS, BLOCK_C) / L
+    d = tl.where(m, u - _spread(mean, ROWS, BLOCK_C), 0.0)
+    var = _group_sum(d * d, ROWS, BLOCK_C) / L  # centred
+    rstd = _rstd(var, eps)
+    rows = r0 + tl.arange(0, ROWS)
+    tl.store(Stats + rows, mean)
+    tl.store(Stats + R + rows, rstd)
+    z = _affine(d * _spread(rstd, ROWS, BLOCK_C), W, B, c, m_c, HAS_WEIGHT, HAS_BETA)
+    y = _act_fwd(z, ACT)
+    tl.store(Y + n * stride_xn + c * stride_xc + hw * stride_xhw, y.to(Y.dtype.element_ty), mask=m)
+
+
 # ----------------------------------------------------------------------------------------------
 # forward, split regime: stats partials per chunk -> elementwise apply (Chan-combines them)
 # grid (N * G, S_C, S_HW): program (r, ic, ih) owns channels [ic*BLOCK_C, +BLOCK_C) of group r
@@ -606,6 +683,125 @@ def _gn_bwd_fused_kernel(
             tl.store(MG + R + r, mgx[:, None, None], mask=m_n)
             tl.store(MG + 2 * R + r, mgxh[:, None, None], mask=m_n)
     p = n1 * tl.num_programs(1) + gc  # (n, gc) into the (N, GCH) partials
+    if NEED_DTIME:
+        tl.store(DTimeP + p, tl.sum(dt_acc, axis=0))
+    if NEED_DPOS:
+        hw1 = tl.arange(0, BLOCK_HW)
+        tl.store(DPosP + p * HW + hw1, dpos_acc, mask=hw1 < HW)
+
+
+@triton.jit
+def _gn_bwd_packed_kernel(
+    DY,  # (N, C, H, W) upstream gradient, strides (stride_dyn, stride_dyc, stride_dyhw)
+    X,  # (N, C, H, W) input, strides (stride_xn, stride_xc, stride_xhw)
+    DX,  # (N, C, H, W) out, x's dtype, same strides as X
+    W,  # (C,) weight
+    B,  # (C,) beta
+    CBias,  # (C,) conv bias
+    Emb,  # (N, C) embedding
+    Time,  # (N,) time
+    TMap,  # (C, H, W) time map
+    Pos,  # (N|1, H, W) positional embedding
+    Stats,  # (2, N * G) fp32 mean, rstd
+    WS,  # fp32 workspace holding the partials below, at the offsets o_*
+    o_dw,  # DWp (N, C) out: sum_hw g * xhat
+    o_db,  # DBp (N, C) out: sum_hw g
+    o_demb,  # DEmbP (N, C) out: sum_hw du
+    o_dt,  # DTimeP (N, GCH) out: sum over the program's groups of du * time_map
+    o_dp,  # DPosP (N, GCH, HW) out: sum over the program's channels of du
+    o_mg,  # MG (3, N * G) out: shift, mean(gx), mean(gx * xhat) of each group
+    R,  # N * G
+    G,
+    Cg,
+    HW,
+    GPP,  # groups per program (a multiple of ROWS)
+    t_scalar,
+    stride_xn,
+    stride_xc,
+    stride_xhw,
+    stride_dyn,
+    stride_dyc,
+    stride_dyhw,
+    stride_en,
+    stride_t,
+    ROWS: tl.constexpr,
+    BLOCK_C: tl.constexpr,
+    BLOCK_HW: tl.constexpr,
+    HAS_WEIGHT: tl.constexpr,
+    HAS_BETA: tl.constexpr,
+    HAS_CBIAS: tl.constexpr,
+    HAS_EMB: tl.constexpr,
+    HAS_TIME: tl.constexpr,
+    TIME_SCALAR: tl.constexpr,
+    HAS_POS: tl.constexpr,
+    POS_BCAST: tl.constexpr,
+    ACT: tl.constexpr,
+    STORE_DX: tl.constexpr,
+    NEED_DW: tl.constexpr,
+    NEED_DB: tl.constexpr,
+    NEED_DEMB: tl.constexpr,
+    NEED_DTIME: tl.constexpr,
+    NEED_DPOS: tl.constexpr,
+    NEED_MG: tl.constexpr,
+):
+    """The fused backward for C/G a power of two (BLOCK_C == C/G, Cg unused): each step of a
+    program's run of groups is one [ROWS * C/G channels, pixels] tile of ROWS consecutive
+    groups (G and GPP are multiples of ROWS), contiguous along the channels, as the packed
+    forward."""
+    CH: tl.constexpr = ROWS * BLOCK_C
+    DWp, DBp, DEmbP = WS + o_dw, WS + o_db, WS + o_demb
+    DTimeP, DPosP, MG = WS + o_dt, WS + o_dp, WS + o_mg
+    n = tl.program_id(0).to(tl.int64)
+    gc = tl.program_id(1)
+    g_lo = gc * GPP
+    g_hi = tl.minimum(g_lo + GPP, G)
+    ch = tl.arange(0, CH)[:, None]
+    hw = tl.arange(0, BLOCK_HW)[None, :]
+    m_n = n >= 0  # always true: every step is a whole run of ROWS groups
+    m_c = ch >= 0
+    m = m_c & (hw < HW)
+    dpos_acc = tl.zeros([BLOCK_HW], dtype=tl.float32)
+    dt_acc = tl.zeros([CH], dtype=tl.float32)
+    L = BLOCK_C * HW
+    for g0 in range(g_lo, g_hi, ROWS):
+        c = g0 * BLOCK_C + ch
+        rows = n * G + g0 + tl.arange(0, ROWS)
+        u = _load_u(X, CBias, Emb, Time, TMap, Pos, n, c, hw, m_n, m_c, m,
+                    stride_xn, stride_xc, stride_xhw, stride_en, stride_t, t_scalar, HW,
+                    HAS_CBIAS, HAS_EMB, HAS_TIME, TIME_SCALAR, HAS_POS, POS_BCAST)  # fmt: skip
+        mean = _spread(tl.load(Stats + rows), ROWS, BLOCK_C)
+        rstd_g = tl.load(Stats + R + rows)
+        rstd = _spread(rstd_g, ROWS, BLOCK_C)
+        d = tl.where(m, u - mean, 0.0)
+        shift = _group_sum(d, ROWS, BLOCK_C) / L
+        xhat = tl.where(m, (d - _spread(shift, ROWS, BLOCK_C)) * rstd, 0.0)
+        g_ = _recompute_g(DY, W, B, d, rstd, n, c, hw, m_c, m, stride_dyn, stride_dyc,
+                          stride_dyhw, HAS_WEIGHT, HAS_BETA, ACT)  # fmt: skip
+        gx = _times_weight(g_, W, c, m_c, HAS_WEIGHT)
+        mgx = _group_sum(gx, ROWS, BLOCK_C) / L
+        mgxh = _group_sum(gx * xhat, ROWS, BLOCK_C) / L
+        du = rstd * (gx - _spread(mgx, ROWS, BLOCK_C) - xhat * _spread(mgxh, ROWS, BLOCK_C))
+        du = tl.where(m, du, 0.0)
+        if STORE_DX:
+            off = n * stride_xn + c * stride_xc + hw * stride_xhw
+            tl.store(DX + off, du.to(DX.dtype.element_ty), mask=m)
+        nc = n * (G * BLOCK_C) + g0 * BLOCK_C + tl.arange(0, CH)  # (n, c) into (N, C)
+        if NEED_DW:
+            tl.store(DWp + nc, tl.sum(g_ * xhat, axis=1))
+        if NEED_DB:
+            tl.store(DBp + nc, tl.sum(g_, axis=1))
+        if NEED_DEMB:
+            tl.store(DEmbP + nc, tl.sum(du, axis=1))
+        if NEED_DTIME:
+            tm = tl.load(TMap + c * HW + hw, mask=m, other=0.0).to(tl.float32)
+            dt_acc += tl.sum(du * tm, axis=1)
+        if NEED_DPOS:
+            dpos_acc += tl.sum(du, axis=0)
+        if NEED_MG:
+            tl.store(MG + rows, shift)
+            tl.store(MG + R + rows, mgx)
+            tl.store(MG + 2 * R + rows, mgxh)
+    p = n * tl.num_programs(1) + gc  # (n, gc) into the (N, GCH) partials
     if NEED_DTIME:
         tl.store(DTimeP + p, tl.sum(dt_acc, axis=0))
     if NEED_DPOS:
@@ -1148,12 +1344,15 @@ def _fused_bwd_plan(N: int, G: int, Cg: int, HW: int, device: torch.device) -> d
     target = _target_programs(device)
     occ = _prev_pow2(max(1, (N * G) // target))
     rows = min(max(1, _PACK_TILE // tile), _next_pow2(G), occ)
+    packed = block_c == Cg  # C/G a power of two: the packed kernel, runs of whole ROWS
+    if packed:
+        rows = min(rows, G & -G)
     steps = _cdiv(G, rows)  # steps of ROWS groups per sample
     gch = min(steps, max(1, _cdiv(target, N)))
     gpp = rows * _cdiv(steps, gch)
     gch = _cdiv(G, gpp)
     return {"ROWS": rows, "BLOCK_C": block_c, "BLOCK_HW": block_hw, "GPP": gpp, "GCH": gch,
-            "num_warps": _num_warps(rows * tile)}  # fmt: skip
+            "num_warps": _num_warps(rows * tile), "packed": packed}  # fmt: skip
 
 
 def _split_plan(
@@ -1285,9 +1484,13 @@ def _make_fwd_plan(N, C, HW, G, threshold, programs, device, fkey):
     flags = dict(zip(_FLAG_NAMES, fkey))
     if _is_fused(Cg, HW, threshold):
         rows, block_c, block_hw = _fused_plan(R, Cg, HW, device)
+        kernel = _gn_fwd_fused_kernel
+        if block_c == Cg:  # C/G a power of two: packed runs of groups of one sample
+            rows = min(rows, G & -G)  # a power of two that divides G
+            kernel = _gn_fwd_packed_kernel
         kw = {"ROWS": rows, "BLOCK_C": block_c, "BLOCK_HW": block_hw, **flags}
         nw = _num_warps(rows * block_c * block_hw)
-        launch = ((_cdiv(R, rows),), _consts(_gn_fwd_fused_kernel, kw), nw)
+        launch = (kernel, (_cdiv(R, rows),), _consts(kernel, kw), nw)
         return ("fused", launch, _template((2, N, G), device))
     plan = _split_plan(N, G, Cg, HW, threshold, device, programs)
     S = plan["S_C"] * plan["S_HW"]
@@ -1365,11 +1568,17 @@ def _forward(
     sen = 0 if args[3] is None else args[3].stride(0)
     Cg = C // G
     if plan[0] == "fused":
-        grid, consts, nw = plan[1]
-        _gn_fwd_fused_kernel.run(
-            x, y, *ptrs, stats, R, G, Cg, HW, float(eps), t_scalar, sxn, sxc, sxhw, sen, stride_t,
-            *consts, grid=grid, warmup=False, num_warps=nw,
-        )  # fmt: skip
+        kernel, grid, consts, nw = plan[1]
+        if kernel is _gn_fwd_packed_kernel:
+            kernel.run(
+                x, y, *ptrs, stats, R, G, HW, float(eps), t_scalar, sxn, sxc, sxhw, sen,
+                stride_t, *consts, grid=grid, warmup=False, num_warps=nw,
+            )  # fmt: skip
+        else:
+            kernel.run(
+                x, y, *ptrs, stats, R, G, Cg, HW, float(eps), t_scalar, sxn, sxc, sxhw, sen,
+                stride_t, *consts, grid=grid, warmup=False, num_warps=nw,
+            )  # fmt: skip
         return y, stats, prep
     _, (grid, stats_c, apply_c, nw), S, hpc, _ = plan
     part = x.new_empty((4, R, S), dtype=_F32)
@@ -1405,7 +1614,8 @@ def _make_bwd_plan(N, C, HW, G, threshold, programs, device, fkey, needs, fp32, 
         S, P, Q = 1, p["GCH"], p["GCH"]
         kw = {"ROWS": p["ROWS"], "BLOCK_C": p["BLOCK_C"], "BLOCK_HW": p["BLOCK_HW"], **flags,
               **outs}  # fmt: skip
-        main = ((N, p["GCH"]), _consts(_gn_bwd_fused_kernel, kw), p["num_warps"], p["GPP"])
+        kernel = _gn_bwd_packed_kernel if p["packed"] else _gn_bwd_fused_kernel
+        main = (kernel, (N, p["GCH"]), _consts(kernel, kw), p["num_warps"], p["GPP"])
         part = None
     else:
         p = _split_plan(N, G, Cg, HW, threshold, device, programs)
@@ -1565,8 +1775,8 @@ def _backward(dy, x, stats, G, args, t_scalar, stride_t, fkey, needs, split_thre
     dx_arg = stats if dx is None else dx
     Cg = C // G
     if fused:
-        grid, consts, nw, gpp = main
-        _gn_bwd_fused_kernel.run(
+        kernel, grid, consts, nw, gpp = main
+        kernel.run(
             dy, x, dx_arg, *ptrs, stats, ws, *offs, R, G, Cg, HW, gpp, *scalars, *consts,
             grid=grid, warmup=False, num_warps=nw,
         )  # fmt: skip

@@ -70,9 +70,10 @@ def _cases(quick: bool):
     Each case runs the forward and three backwards (every gradient; parameters only; x and
     time_map only, which reads dtime_map from dx in fp32 and recomputes it otherwise).
     """
-    # (N, C, H, W, G): fused NODE-like, fused with H*W not pow2, fused with a sample split in
-    # runs of groups (N=1), split G=1 (large group)
-    shapes = [(4, 64, 8, 8, 32), (2, 6, 3, 5, 3), (1, 64, 8, 8, 32), (2, 128, 32, 32, 1)]
+    # (N, C, H, W, G): fused NODE-like (packed kernels: C/G a power of two), fused with H*W
+    # not pow2 and C/G = 3 (the general fused kernels), fused with a sample split in runs of
+    # groups (N=1), split G=1 (large group)
+    shapes = [(4, 64, 8, 8, 32), (2, 6, 3, 5, 2), (1, 64, 8, 8, 32), (2, 128, 32, 32, 1)]
     dtypes = [torch.float32, torch.float16, torch.bfloat16]
     acts = ["identity", "relu", "silu"]
     addend_sets = [
@@ -93,7 +94,8 @@ def _cases(quick: bool):
         yield shape, torch.bfloat16, "silu", addend_sets[3], "channels_last", True
         yield shape, torch.float32, "relu", addend_sets[4], "channels_last", False
     yield shapes[2], torch.float32, "silu", addend_sets[1], "nchw", True  # runs of groups
-    yield shapes[1], torch.bfloat16, "silu", addend_sets[2], "channels_last", True
+    yield shapes[1], torch.bfloat16, "silu", addend_sets[2], "channels_last", True  # C/G = 3
+    yield shapes[1], torch.float32, "relu", addend_sets[1], "nchw", True
 
 
 def _run_launchers(quick: bool) -> int:

@@ -83,8 +83,9 @@ def _op_args(n, c, h, w):
 
 
 # ------------------------------------------------------------------- op: launch counts
-# (N, C, H, W, G), all in the fused regime: NODE-like scaled down, G = C, G = 1 small
-OP_SHAPES = [(4, 64, 8, 8, 32), (4, 64, 8, 8, 64), (2, 8, 4, 4, 1)]
+# (N, C, H, W, G), all in the fused regime: NODE-like scaled down, G = C, G = 1 small, and
+# C/G = 3 (the unpacked kernels)
+OP_SHAPES = [(4, 64, 8, 8, 32), (4, 64, 8, 8, 64), (2, 8, 4, 4, 1), (2, 12, 4, 4, 4)]
 IDS = [f"N{n}-C{c}-{h}x{w}-G{g}" for n, c, h, w, g in OP_SHAPES]
 
 

@@ -192,6 +192,8 @@ SHAPES = [
     ((2, 4, 1, 1), 4),  # single pixel and C/G == 1: zero variance, y == act(beta)
     ((1, 4, 7, 9), 2),  # N == 1, 126 values per group
     ((2, 3, 1, 7), 1),  # H == 1, odd C
+    ((2, 6, 3, 5), 2),  # C/G = 3: not a power of two (the general, unpacked fused kernels)
+    ((3, 12, 2, 3), 4),  # C/G = 3, odd N, H*W = 6
 ]
 
 
@@ -212,6 +214,7 @@ LOWP = [
     ((2, 8, 4, 4), 2, "emb+pos", "silu"),  # the DDPM block
     ((2, 4, 3, 3), 4, "cbias+time", "relu"),  # the NODE block, C/G = 1
     ((2, 4, 2, 3), 1, "none", "identity"),  # plain GroupNorm, G = 1
+    ((2, 6, 3, 5), 2, "all", "silu"),  # C/G = 3 (unpacked kernels)
 ]
 
 
