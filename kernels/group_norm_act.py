@@ -1299,6 +1299,8 @@ def output_memory_format(x: Tensor) -> torch.memory_format:
     ``F.group_norm`` returns, and what ``torch.empty_like`` gives for any x that is not a dense
     permutation other than NCHW/channels_last.
     """
+    if not isinstance(x, Tensor):
+        raise TypeError(f"x: expected a torch.Tensor, got {type(x).__name__}")
     if x.dim() != 4 or x.is_contiguous():
         return torch.contiguous_format
     if x.is_contiguous(memory_format=_CL):

@@ -43,7 +43,7 @@ x = torch.empty(4, 64, 8, 8)  # NCHW: stride_xhw = 1, stride_xc = 64, stride_xn 
 odd = torch.empty(4 * 64 * 8 * 8 + 1)[1:].view(4, 64, 8, 8)  # data 4 bytes past alignment
 for t in (x, odd):
     k.group_norm_act_fwd(t, 32, None, None, 1e-5, "relu", None, None, None, None, None)
-jobs = [v for key, v in g._JOBS.items() if key[0] == "_gn_fwd_fused_kernel"]
+jobs = [v for key, v in g._JOBS.items() if key[0] == "_gn_fwd_packed_kernel"]
 assert len(jobs) == 2, len(jobs)
 divisible = []
 for fn, sig, consts, attrs, launch in jobs:

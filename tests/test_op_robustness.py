@@ -477,3 +477,7 @@ def test_unbatched_input_error_says_so():
         group_norm_act(torch.randn(4, 8, 8), 32)
     msg = str(info.value)
     assert "(N, C, *)" in msg and "unbatched" in msg and "unsqueeze(0)" in msg
+    with pytest.raises(ValueError) as info:  # the module says it too
+        GroupNormAct(2, 4)(torch.randn(4, 8, 8))
+    msg = str(info.value)
+    assert "(N, C, *)" in msg and "unbatched" in msg and "unsqueeze(0)" in msg

@@ -32,6 +32,8 @@ def output_memory_format(x: Tensor) -> torch.memory_format:
     (channels_last-contiguous, or not dense but ordered like channels_last), else
     ``torch.contiguous_format``: ``F.group_norm``'s rule (``suggest_memory_format``).
     """
+    if not isinstance(x, Tensor):
+        raise TypeError(f"x: expected a torch.Tensor, got {type(x).__name__}")
     if x.dim() != 4 or x.is_contiguous():
         return torch.contiguous_format
     if x.is_contiguous(memory_format=_CL):

@@ -159,6 +159,12 @@ class GroupNormAct(TimeAwareNorm):
         Like ``nn.GroupNorm`` it also accepts any (N, C, *) input when no spatial addend
         (``time_map``, ``pos``) is given.
         """
+        if isinstance(x, Tensor) and x.dim() == 3 and x.shape[0] == self.num_channels != x.shape[1]:
+            raise ValueError(
+                f"x: got shape {tuple(x.shape)}, read as (N, C, *) with C={x.shape[1]}; it looks "
+                f"like an unbatched (C, H, W) map with C={self.num_channels}: add the batch "
+                "dimension with x.unsqueeze(0)"
+            )
         if isinstance(x, Tensor) and x.dim() != 4 and time_map is None and pos is None:
             check_channels(x, "x", self.num_channels)
         else:
