@@ -128,7 +128,7 @@ def check(name, k, t, r, out_dtype, atol, elementwise=True):
     )
 
 
-def run_case(inp, G, act, needs=None, elementwise=True, **kw):
+def run_case(inp, G, act, needs=None, elementwise=True, check_strides=True, **kw):
     """Kernel vs eager-lowp vs fp64 for y and every gradient; layouts, dtypes and shapes too."""
     x = inp["x"]
     dy = torch.randn(x.shape, device=DEVICE).to(x.dtype)
@@ -138,7 +138,8 @@ def run_case(inp, G, act, needs=None, elementwise=True, **kw):
     atol = ATOL[x.dtype]
 
     assert y.dtype == x.dtype and y.shape == x.shape
-    assert y.stride() == x.stride()  # same memory format as x (NCHW or channels_last)
+    if check_strides:
+        assert y.stride() == x.stride()  # same memory format as x (NCHW or channels_last)
     assert mean.shape == rstd.shape == (x.shape[0], G) and mean.dtype == torch.float32
     check("y", y, y_t, y_64, x.dtype, atol, elementwise)
 
@@ -150,7 +151,7 @@ def run_case(inp, G, act, needs=None, elementwise=True, **kw):
         ref = inp[name]
         assert got is not None, name
         assert got.dtype == ref.dtype and got.shape == ref.shape, (name, got.dtype, got.shape)
-        if name == "x":
+        if name == "x" and check_strides:
             assert got.stride() == x.stride()
         check(f"d{name}", got, g_t[name], g_64[name], got.dtype, atol, elementwise)
     return y, mean, rstd, grads
@@ -191,6 +192,8 @@ SHAPES = [
     ((2, 4, 1, 1), 4),  # single pixel and C/G == 1: zero variance, y == act(beta)
     ((1, 4, 7, 9), 2),  # N == 1, 126 values per group
     ((2, 3, 1, 7), 1),  # H == 1, odd C
+    ((2, 6, 3, 5), 2),  # C/G = 3: not a power of two (the general, unpacked fused kernels)
+    ((3, 12, 2, 3), 4),  # C/G = 3, odd N, H*W = 6
 ]
 
 
@@ -211,6 +214,7 @@ LOWP = [
     ((2, 8, 4, 4), 2, "emb+pos", "silu"),  # the DDPM block
     ((2, 4, 3, 3), 4, "cbias+time", "relu"),  # the NODE block, C/G = 1
     ((2, 4, 2, 3), 1, "none", "identity"),  # plain GroupNorm, G = 1
+    ((2, 6, 3, 5), 2, "all", "silu"),  # C/G = 3 (unpacked kernels)
 ]
 
 
@@ -384,7 +388,84 @@ def test_nan_propagates(split, act):
     assert y[0, :2].isnan().all() and not y[0, 2:].isnan().any() and not y[1].isnan().any()
 
 
-def test_bad_layout_raises():
-    x = torch.randn(2, 4, 3, 6, device=DEVICE)[..., ::2]  # neither NCHW nor channels_last
-    with pytest.raises(ValueError, match="x"):
-        gna.group_norm_act_fwd(x, 2, None, None, EPS, "identity", None, None, None, None, None)
+@pytest.mark.parametrize("layout", ["nchw-sliced", "cl-sliced", "permuted"])
+def test_any_x_layout(layout):
+    # N2 C4 3x5 G2: an x that is neither NCHW- nor channels_last-contiguous is read correctly;
+    # y (and dx) come back in F.group_norm's format for it
+    inp = make_inputs((2, 4, 3, 5), addends="all")
+    x = inp["x"]
+    if layout == "nchw-sliced":
+        odd = torch.stack([x, x], -1).flatten(-2)[..., ::2]
+    elif layout == "cl-sliced":
+        odd = torch.stack([x, x], 2).flatten(1, 2)
+        odd = odd.contiguous(memory_format=torch.channels_last)[:, ::2]
+    else:
+        odd = x.permute(0, 2, 1, 3).contiguous().permute(0, 2, 1, 3)
+    assert torch.equal(odd, x) and not odd.is_contiguous()
+    inp["x"] = odd
+    y, _, _, grads = run_case(inp, 2, "silu", check_strides=False)
+    want = torch.nn.functional.group_norm(odd, 2).stride()
+    assert y.stride() == want and grads[0].stride() == want
+
+
+# ------------------------------------------------------------ launcher-level addend forms
+@pytest.mark.parametrize("form", ["float", "0-d", "strided", "stride0"])
+def test_time_forms(form):
+    # N3 C4 3x3 G2: time as a Python float (a kernel scalar), a 0-d tensor (its gradient 0-d),
+    # an (N,) view of stride 2 and an (N,) expanded view of stride 0
+    N, C, H, W, G = 3, 4, 3, 3, 2
+    inp = make_inputs((N, C, H, W), addends="cbias+time")
+    base = torch.rand(2 * N, device=DEVICE)
+    time = {"float": 0.37, "0-d": base[1], "strided": base[::2], "stride0": base[1].expand(N)}[form]
+    a = [inp[k] for k in NAMES]
+    a[5] = time
+    dy = torch.randn(N, C, H, W, device=DEVICE)
+    y, mean, rstd = gna.group_norm_act_fwd(a[0], G, a[1], a[2], EPS, "silu", *a[3:])
+    needs = [True] * 8
+    grads = gna.group_norm_act_bwd(dy, a[0], mean, rstd, G, a[1], a[2], "silu", *a[3:], needs)
+    # the reference with the same time as an fp64 leaf
+    leaves = {k: inp[k].detach().double().requires_grad_() for k in NAMES if inp[k] is not None}
+    t64 = torch.tensor(time, dtype=torch.float64) if form == "float" else time.detach().double()
+    t64.requires_grad_(form != "float")
+    leaves["time"] = t64
+    g = leaves.get
+    y64 = group_norm_act_ref(g("x"), G, g("weight"), g("beta"), EPS, "silu", g("conv_bias"),
+                             None, t64, g("time_map"), None)  # fmt: skip
+    order = [k for k in NAMES if k in leaves and (k != "time" or form != "float")]
+    ref = dict(zip(order, torch.autograd.grad(y64, [leaves[k] for k in order], dy.double())))
+    torch.testing.assert_close(y.double(), y64, atol=1e-5, rtol=1e-5)
+    for name, got in zip(NAMES, grads):
+        if name not in ref:
+            assert got is None, name
+            continue
+        assert got.shape == ref[name].shape, name
+        torch.testing.assert_close(got.double(), ref[name], atol=2e-5, rtol=1e-4, msg=name)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=idfn)
+@pytest.mark.parametrize("with_dx", [True, False], ids=["with-dx", "no-dx"])
+def test_dtime_map_from_dx_or_recomputed(with_dx, dtype):
+    # dtime_map = sum_n du * time: read from dx when dx is fp32 and computed, else recomputed
+    # from x, dy and the saved statistics in the finalize kernel; both against fp64
+    inp = make_inputs((3, 4, 3, 5), dtype=dtype, addends="all")
+    needs = [with_dx, False, False, False, False, False, True, False]
+    run_case(inp, 2, "silu", needs=needs)
+
+
+def test_fused_backward_in_runs_of_groups():
+    # N1 C16 2x2 G8: one sample, so the fused backward splits its groups over two programs
+    # (runs of 4 groups); dpos and dtime are then summed over the runs by the finalize kernel
+    plan = gna._fused_bwd_plan(1, 8, 2, 4, torch.device(DEVICE))
+    assert plan["GCH"] == 2 and plan["GPP"] == 4
+    for addends in ("all", "all-pos1"):
+        run_case(make_inputs((1, 16, 2, 2), addends=addends), 8, "silu")
+
+
+def test_launch_plans_are_cached():
+    inp = make_inputs((2, 4, 3, 5), addends="all")
+    dy = torch.randn(2, 4, 3, 5, device=DEVICE)
+    gna._FWD_PLANS.clear()
+    gna._BWD_PLANS.clear()
+    for _ in range(3):
+        kernel_run(inp, 2, "silu", dy)
+    assert len(gna._FWD_PLANS) == 1 and len(gna._BWD_PLANS) == 1

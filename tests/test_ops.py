@@ -112,11 +112,11 @@ def test_backend_selection_per_call_context_and_env(monkeypatch):
     calls = []
 
     class Spy:
-        def group_norm_act_fwd(self, *a, **k):
+        def forward(self, *a, **k):
             calls.append("triton")
             from timeaware.kernels import group_norm_act as k_
 
-            return k_.group_norm_act_fwd(*a, **k)
+            return k_.forward(*a, **k)
 
     monkeypatch.setattr(timeaware.ops, "_kernels", lambda: Spy())
     x = torch.randn(2, 4, 3, 3)
@@ -283,6 +283,23 @@ def test_custom_op_passes_opcheck():
     args = (x, G, a["weight"], a["bias"], 1e-5, "silu", a["conv_bias"], a["emb"],
             a["time"], a["time_map"], a["pos"])  # fmt: skip
     torch.library.opcheck(_fwd_op, args, test_utils=("test_schema", "test_faketensor"))
+
+
+@pytest.mark.parametrize("layout", ["nchw", "channels_last"])
+def test_backward_custom_op_passes_opcheck(layout):
+    from timeaware.ops import _bwd_op, _fwd_op
+
+    x = torch.randn(N, C, H, W)
+    if layout == "channels_last":
+        x = x.contiguous(memory_format=torch.channels_last)
+    a = _args()
+    _, stats = _fwd_op(x, G, a["weight"], a["bias"], 1e-5, "silu", a["conv_bias"], a["emb"],
+                       a["time"], a["time_map"], a["pos"])  # fmt: skip
+    dy = torch.randn(N, C, H, W)
+    for needs in ([True] * 8, [False, True, False, True, False, True, False, True]):
+        args = (dy, x, stats, G, a["weight"], a["bias"], "silu", a["conv_bias"], a["emb"],
+                a["time"], a["time_map"], a["pos"], needs)  # fmt: skip
+        torch.library.opcheck(_bwd_op, args, test_utils=("test_schema", "test_faketensor"))
 
 
 # ------------------------------------------------------------------------------ autocast

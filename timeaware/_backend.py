@@ -100,13 +100,26 @@ def resolve_backend(requested: str | None, device: torch.device, dtype: torch.dt
         ValueError: unknown backend name.
         BackendUnavailableError: ``"triton"`` forced where it cannot run.
     """
-    name = get_backend() if requested is None else _check_name(requested, "backend")
+    if requested is None:
+        name = get_backend()
+    elif requested in BACKENDS:  # the common case, without the lower-casing of _check_name
+        name = requested
+    else:
+        name = _check_name(requested, "backend")
     if name == "reference":
         return "reference"
     if name == "auto":
-        ok = device.type == "cuda" and triton_reason(device, dtype) is None
-        return "triton" if ok else "reference"
+        if device.type != "cuda":
+            return "reference"
+        return "triton" if triton_reason(device, dtype) is None else "reference"
+    # fast path: the kernels' dtypes on a CUDA tensor (or on CPU under the interpreter)
+    if dtype in _KERNEL_DTYPES and _TRITON_FOUND:
+        if device.type == "cuda" or triton_interpreted():
+            return "triton"
     reason = triton_reason(device, dtype)
     if reason is not None:
         raise BackendUnavailableError(f"backend='triton' cannot run: {reason}")
     return "triton"
+
+
+_KERNEL_DTYPES = frozenset((torch.float32, torch.float16, torch.bfloat16))

@@ -15,10 +15,13 @@ see exactly which part of a normalisation's input depends on time.
 
 from __future__ import annotations
 
+import numbers
+
 import torch
 from torch import Tensor, nn
 
 from .. import ops as _ops
+from .._backend import BACKENDS
 from ..reference import add_addends, group_norm_act_ref
 from ._utils import (
     FUSED_ACTIVATIONS,
@@ -66,13 +69,14 @@ class GroupNormAct(TimeAwareNorm):
         num_groups: G, a divisor of ``num_channels``. G=1 is LayerNorm over (C, H, W); G=C is
             InstanceNorm.
         num_channels: C.
-        eps: added to the variance.
+        eps: added to the variance; >= 0 (0 is legal, as for ``nn.GroupNorm``).
         affine: learn a per-channel ``weight`` (init 1) and ``bias`` (init 0).
         act: ``"identity"``, ``"relu"`` or ``"silu"`` run inside the fused op; ``"softplus"``,
             ``"elu"`` and ``"sigmoid"`` are applied eagerly after an identity-activation fused
             normalisation. ``"swish"`` is an alias of ``"silu"``.
         backend: ``None`` (follow :func:`timeaware.use_backend` / the global default),
-            ``"auto"``, ``"reference"`` or ``"triton"``; forwarded to the op.
+            ``"auto"``, ``"reference"`` or ``"triton"``; forwarded to the op. Checked here:
+            an unknown name raises ValueError at construction.
 
     Shapes:
         x: (N, C, H, W). emb: (N, C). pos: (N or 1, H, W). conv_bias: (C,). time: Python number,
@@ -97,8 +101,14 @@ class GroupNormAct(TimeAwareNorm):
             raise ValueError(
                 f"num_groups: got {num_groups}, which does not divide num_channels={num_channels}"
             )
-        if not eps > 0:
-            raise ValueError(f"eps: got {eps!r}, expected a positive float")
+        if isinstance(eps, bool) or not isinstance(eps, numbers.Real):
+            raise TypeError(f"eps: got {type(eps).__name__}, expected a float >= 0")
+        if not eps >= 0:  # also rejects NaN
+            raise ValueError(f"eps: got {eps!r}, expected a float >= 0 (as the op)")
+        if backend is not None and (
+            not isinstance(backend, str) or backend.lower() not in BACKENDS
+        ):
+            raise ValueError(f"backend: got {backend!r}, expected None or one of {BACKENDS}")
         self.num_groups = num_groups
         self.num_channels = num_channels
         self.eps = float(eps)
@@ -149,6 +159,12 @@ class GroupNormAct(TimeAwareNorm):
         Like ``nn.GroupNorm`` it also accepts any (N, C, *) input when no spatial addend
         (``time_map``, ``pos``) is given.
         """
+        if isinstance(x, Tensor) and x.dim() == 3 and x.shape[0] == self.num_channels != x.shape[1]:
+            raise ValueError(
+                f"x: got shape {tuple(x.shape)}, read as (N, C, *) with C={x.shape[1]}; it looks "
+                f"like an unbatched (C, H, W) map with C={self.num_channels}: add the batch "
+                "dimension with x.unsqueeze(0)"
+            )
         if isinstance(x, Tensor) and x.dim() != 4 and time_map is None and pos is None:
             check_channels(x, "x", self.num_channels)
         else:
