@@ -5,8 +5,15 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..nn._utils import canonical_act, check_feature_map, check_positive_int, check_spatial
-from ..nn.conv import ConcatConv2d, concat_conv_norm
+from ..nn._utils import (
+    canonical_act,
+    check_feature_map,
+    check_positive_int,
+    check_spatial,
+    check_time,
+    time_as_tensor,
+)
+from ..nn.conv import ConcatConv2d, concat_conv_norm, runs_fused
 from ..nn.embedding import PositionalLinear, TimeMLP
 from ..nn.init import apply_zero_bias, canonical_zero_bias
 from ..nn.norm import NORM_KINDS, make_norm
@@ -112,10 +119,20 @@ class ODEFunc(nn.Module):
         """Set :attr:`nfe` to 0."""
         self.nfe = 0
 
-    def _conv_norm(self, conv, emb_mlp, pos_mod, norm, t, h: Tensor) -> Tensor:
+    def _concat_time(self, t, x: Tensor):
+        """``t`` for both ConcatConvs, converted once. On the fused path a 0-d time becomes one
+        contiguous (N,) tensor shared by the two op calls (the op would otherwise copy its
+        expansion at each call)."""
+        check_time(t, x.shape[0], "t")
+        time = time_as_tensor(t, x)
+        if time.dim() == 0 and self.conv1.fast_path and runs_fused(self.norm2, x):
+            time = time.expand(x.shape[0]).contiguous()
+        return time
+
+    def _conv_norm(self, conv, emb_mlp, pos_mod, norm, t, h: Tensor, time=None) -> Tensor:
         pos = pos_mod(t) if pos_mod is not None else None
         if self.time_embed == "concat":
-            return concat_conv_norm(conv, norm, t, h, pos=pos)
+            return concat_conv_norm(conv, norm, time, h, pos=pos)
         y = F.conv2d(h, conv.weight, None, conv.stride, conv.padding, conv.dilation, conv.groups)
         emb = emb_mlp(t, batch=h.shape[0]).to(h.dtype).contiguous()
         return norm(y, emb=emb, pos=pos, conv_bias=conv.bias)
@@ -126,12 +143,25 @@ class ODEFunc(nn.Module):
         check_feature_map(x, "x", self.channels)
         if self.spatial_size is not None:
             check_spatial(x, self.spatial_size)
+        time = self._concat_time(t, x) if self.time_embed == "concat" else None
         h = self.norm1(x)
         h = self._conv_norm(
-            self.conv1, getattr(self, "emb1", None), getattr(self, "pos1", None), self.norm2, t, h
+            self.conv1,
+            getattr(self, "emb1", None),
+            getattr(self, "pos1", None),
+            self.norm2,
+            t,
+            h,
+            time,
         )
         return self._conv_norm(
-            self.conv2, getattr(self, "emb2", None), getattr(self, "pos2", None), self.norm3, t, h
+            self.conv2,
+            getattr(self, "emb2", None),
+            getattr(self, "pos2", None),
+            self.norm3,
+            t,
+            h,
+            time,
         )
 
     def extra_repr(self) -> str:

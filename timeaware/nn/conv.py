@@ -302,6 +302,7 @@ class ConcatConv2d(nn.Module):
     def __setstate__(self, state):
         super().__setstate__(state)
         self.__dict__.setdefault("_cache", {})
+        self.__dict__.setdefault("use_cache", True)  # pickled before the cache existed
 
     @property
     def fast_path(self) -> bool:
