@@ -442,7 +442,8 @@ class ConcatConv2d(nn.Module):
 
         Returns:
             y (N, C_out, H_out, W_out), bias (C_out,) or None, time (0-d or (N,)), time_map
-            (C_out, H_out, W_out).
+            (C_out, H_out, W_out). ``time_map`` is (a view of) the cached tensor: read it, do
+            not modify it in place.
         """
         check_feature_map(x, "x", self.dim_in)
         check_time(t, x.shape[0], "t")
