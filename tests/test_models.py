@@ -116,6 +116,104 @@ def test_odefunc_loads_torchdiffeq_checkpoint(backend, dim):
     torch.testing.assert_close(dst(t, x), src(t, x), rtol=1e-4, atol=1e-5)
 
 
+def torchdiffeq_twin(dim, backend, dtype):
+    """(torchdiffeq's ODEfunc, ODEFunc) with the same state dict, non-trivial norms."""
+    src = TorchdiffeqODEfunc(dim)
+    randomize_norms(src)
+    dst = ODEFunc(dim, backend=backend)
+    dst.load_state_dict(src.state_dict(), strict=True)
+    return src.to(dtype), dst.to(dtype)
+
+
+def grads_of(f, t, x, g):
+    y = f(t, x)
+    return y, dict(
+        zip(
+            ["x", "t", *dict(f.named_parameters())],
+            torch.autograd.grad(y, [x, t, *f.parameters()], g),
+        )
+    )
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_odefunc_grads_match_torchdiffeq_with_cached_time_map(backend):
+    """Output and the gradients of x, t and every parameter (the ConcatConv weights' time
+    channel included) equal those of torchdiffeq's ODEfunc built from the same state dict:
+    on the first call (cache filled), the second (cache used) and after an optimizer step
+    (cache refreshed). Reference backend in fp64 against fp64; triton (fp32 kernels) against
+    the fp64 torchdiffeq function."""
+    torch.manual_seed(2)
+    dtype = torch.float64 if backend == "reference" else torch.float32
+    src, dst = torchdiffeq_twin(64, backend, dtype)  # GroupNorm(32): C/G = 2, as the paper
+    src = src.double()
+    x = torch.randn(2, 64, 5, 5, dtype=torch.float64)
+    t = torch.tensor(0.7, dtype=torch.float64)
+    opts = [torch.optim.SGD(m.parameters(), lr=0.1) for m in (src, dst)]
+    for _step in range(2):
+        for _call in range(2):
+            g = torch.randn_like(x)
+            xs, ts = x.clone().requires_grad_(True), t.clone().requires_grad_(True)
+            y_ref, want = grads_of(src, ts, xs, g)
+            xd = x.to(dtype).requires_grad_(True)
+            td = t.to(dtype).requires_grad_(True)
+            y, got = grads_of(dst, td, xd, g.to(dtype))
+            assert set(got) == set(want)
+            # max-norm relative errors; fp64: rounding only, fp32 kernels: fp32 rounding
+            rtol = 1e-10 if dtype == torch.float64 else 2e-4
+            atol = 1e-12 if dtype == torch.float64 else grad_atol(list(want.values()))
+            assert_rel_close(y.double(), y_ref, rtol, "output", 1e-12)
+            for k in want:
+                assert_rel_close(got[k].double(), want[k], rtol, f"grad of {k}", atol)
+            for conv in ("conv1", "conv2"):
+                assert want[f"{conv}._layer.weight"][:, 0].abs().max() > 1e-3  # time channel
+        for m, opt in zip((src, dst), opts):  # one SGD step each (in-place weight update)
+            opt.zero_grad()
+            m(t.to(m.norm1.weight.dtype), x.to(m.norm1.weight.dtype)).square().sum().backward()
+            opt.step()
+        w, w_ref = dst.conv1._layer.weight.double(), src.conv1._layer.weight
+        assert_rel_close(w, w_ref, 2e-4, "weights after the step")  # both took the same step
+
+
+def test_odefunc_reference_double_backward_matches_torchdiffeq():
+    torch.manual_seed(4)
+    src, dst = torchdiffeq_twin(4, "reference", torch.float64)
+    x = torch.randn(2, 4, 3, 3, dtype=torch.float64, requires_grad=True)
+    t = torch.tensor(0.3, dtype=torch.float64, requires_grad=True)
+    dst(t, x)  # the time maps are cached from here on
+    out = []
+    for f in (src, dst):
+        wrt = [x, t, *f.parameters()]
+        g = torch.autograd.grad(f(t, x).square().sum(), wrt, create_graph=True)
+        s = sum((gi * torch.linspace(-1, 1, gi.numel()).double().view_as(gi)).sum() for gi in g)
+        out.append(torch.autograd.grad(s, wrt))
+    for a, b in zip(*out):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-11)
+
+
+def test_odefunc_triton_refuses_double_backward():
+    f = ODEFunc(4, groups=2, backend="triton")
+    x = torch.randn(2, 4, 3, 3, requires_grad=True)
+    (gx,) = torch.autograd.grad(f(0.3, x).square().sum(), x, create_graph=True)
+    with pytest.raises(RuntimeError):
+        gx.sum().backward()
+
+
+def test_odefunc_fused_path_shares_one_time_tensor_and_detached_time_maps(monkeypatch):
+    calls = []
+    real = timeaware.ops.group_norm_act
+
+    def spy(*args, **kwargs):
+        calls.append(kwargs)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(timeaware.ops, "group_norm_act", spy)
+    f = ODEFunc(4, groups=2, backend="triton")
+    f(torch.tensor(0.5), torch.randn(3, 4, 3, 3, requires_grad=True))
+    t2, t3 = calls[1]["time"], calls[2]["time"]
+    assert t2 is t3 and t2.shape == (3,) and t2.is_contiguous()
+    assert not calls[1]["time_map"].requires_grad and not calls[2]["time_map"].requires_grad
+
+
 ODE_CASES = {
     "default-G=C": dict(channels=4),
     "G2-inject": dict(channels=4, groups=2, inject="linear", spatial_size=(4, 4)),

@@ -11,6 +11,7 @@ from torch import nn
 
 import timeaware
 from timeaware import nn as tnn
+from timeaware.profiling import count_launches
 from timeaware.reference import group_norm_act_ref
 
 BACKENDS = ("reference", "triton")
@@ -178,6 +179,238 @@ def test_concat_conv_errors():
         m(torch.zeros(3), torch.randn(2, 4, 5, 5))
     with pytest.raises(TypeError, match="t: got str"):
         m("0.5", torch.randn(2, 4, 5, 5))
+
+
+# ------------------------------------------------------------------------------------------
+# ConcatConv2d: the cached time map, and gradients of the time channel
+# ------------------------------------------------------------------------------------------
+def twin(m: tnn.ConcatConv2d) -> TorchdiffeqConcatConv2d:
+    """torchdiffeq's module with m's configuration and a copy of its state dict."""
+    layer = m._layer
+    ref = TorchdiffeqConcatConv2d(
+        m.dim_in, m.dim_out, layer.kernel_size[0], layer.stride, layer.padding, layer.dilation
+    ).to(layer.weight.dtype)
+    ref.load_state_dict(m.state_dict())
+    return ref
+
+
+def assert_same_as_torchdiffeq(m, t, x, rtol=1e-10, atol=1e-12):
+    """m(t, x) and the gradients of x, t, weight and bias equal torchdiffeq's on the same
+    state dict (fp64: to rounding)."""
+    ref = twin(m)
+    x = x.detach().requires_grad_(True)
+    t = t.detach().requires_grad_(True)
+    y, y_ref = m(t, x), ref(t, x)
+    torch.testing.assert_close(y, y_ref, rtol=rtol, atol=atol)
+    g = torch.randn_like(y)
+    got = torch.autograd.grad(y, [x, t, m._layer.weight, m._layer.bias], g)
+    want = torch.autograd.grad(y_ref, [x, t, ref._layer.weight, ref._layer.bias], g)
+    for name, a, b in zip(("x", "t", "weight", "bias"), got, want):
+        torch.testing.assert_close(a, b, rtol=rtol, atol=atol, msg=f"grad of {name}")
+    # the time channel's weight gradient is not zero (so the check above has teeth)
+    assert want[2][:, 0].abs().max() > 1e-3
+
+
+def convolutions(fn) -> int:
+    with count_launches() as c:
+        fn()
+    return c.ops["aten.convolution.default"]
+
+
+def test_concat_conv_time_map_is_cached_per_spatial_size():
+    m = tnn.ConcatConv2d(3, 4, 3, padding=1).double()
+    x = torch.randn(2, 3, 5, 6, dtype=torch.float64)
+    t = torch.tensor(0.3, dtype=torch.float64)
+    assert convolutions(lambda: m(t, x)) == 2  # conv over x + the time map
+    assert convolutions(lambda: m(t * 2, x)) == 1  # the time map is reused
+    x2 = torch.randn(2, 3, 4, 4, dtype=torch.float64)
+    assert convolutions(lambda: m(t, x2)) == 2  # another spatial size: another map
+    assert convolutions(lambda: m(t, x2)) == convolutions(lambda: m(t, x)) == 1
+    tm, w_x = m.cached_parts(5, 6, torch.float64)
+    torch.testing.assert_close(tm, m.time_map(5, 6), rtol=0, atol=0)
+    assert not tm.requires_grad and w_x.is_contiguous()
+    assert_same_as_torchdiffeq(m, t, x)
+    assert_same_as_torchdiffeq(m, t, x2)
+    with pytest.raises(ValueError, match="cached_parts: got groups=3"):
+        tnn.ConcatConv2d(5, 6, padding=1, groups=3).cached_parts(4, 4)
+
+
+def _sgd_step(m, t, x):
+    opt = torch.optim.SGD(m.parameters(), lr=0.5)
+    m(t, x).square().sum().backward()
+    opt.step()
+
+
+def _inplace_no_grad(m, t, x):
+    with torch.no_grad():
+        m._layer.weight[:, 0] += 1.0
+
+
+def _load_state_dict(m, t, x):
+    other = tnn.ConcatConv2d(3, 4, 3, padding=1).double()
+    m.load_state_dict(other.state_dict())
+
+
+def _data_write_then_clear(m, t, x):
+    m._layer.weight.data[:, 0] -= 1.0  # not seen by the version counter: documented
+    m.clear_cache()
+
+
+def _data_assignment(m, t, x):
+    w = m._layer.weight
+    version = w._version
+    w.data = torch.randn_like(w)  # new storage, same parameter (as vector_to_parameters does)
+    assert w._version == version  # so only the storage pointer tells
+
+
+def _to_float_and_back(m, t, x):
+    m.float()
+    y = m(t.float(), x.float())  # a float32 entry at the same spatial size
+    torch.testing.assert_close(y, twin(m)(t.float(), x.float()), rtol=1e-5, atol=1e-6)
+    with torch.no_grad():
+        m._layer.weight.mul_(-1.0)  # change it while in float32
+    m.double()
+
+
+CHANGES = {
+    "optimizer-step": _sgd_step,
+    "no_grad-inplace": _inplace_no_grad,
+    "load_state_dict": _load_state_dict,
+    "data-write+clear_cache": _data_write_then_clear,
+    "data-assignment": _data_assignment,
+    "to-dtype": _to_float_and_back,
+}
+
+
+@pytest.mark.parametrize("change", list(CHANGES))
+def test_concat_conv_cache_follows_weight_changes(change):
+    m = tnn.ConcatConv2d(3, 4, 3, padding=1).double()
+    x = torch.randn(2, 3, 5, 5, dtype=torch.float64)
+    t = torch.tensor(0.8, dtype=torch.float64)
+    before = m(t, x).detach()  # fills the cache
+    CHANGES[change](m, t, x)
+    assert_same_as_torchdiffeq(m, t, x)
+    assert (m(t, x) - before).abs().max() > 1e-3  # the weights did change
+
+
+@pytest.mark.parametrize("mode", ["no_grad", "inference_mode"])
+def test_concat_conv_cache_filled_without_grad_serves_grad_mode(mode):
+    m = tnn.ConcatConv2d(3, 4, 3, padding=1).double()
+    x = torch.randn(2, 3, 5, 5, dtype=torch.float64)
+    t = torch.tensor(-0.6, dtype=torch.float64)
+    ctx = torch.no_grad() if mode == "no_grad" else torch.inference_mode()
+    with ctx:
+        m(t, x)
+    assert_same_as_torchdiffeq(m, t, x)  # would raise for an inference tensor saved
+    with ctx:
+        torch.testing.assert_close(m(t, x), twin(m)(t, x), rtol=1e-10, atol=1e-12)
+
+
+def test_concat_conv_double_backward_with_cached_time_map():
+    m = tnn.ConcatConv2d(2, 3, 3, padding=1).double()
+    x = torch.randn(2, 2, 4, 4, dtype=torch.float64, requires_grad=True)
+    t = torch.tensor(0.4, dtype=torch.float64, requires_grad=True)
+    w, b = m._layer.weight, m._layer.bias
+
+    def fn(t, x, w, b):  # w and b are the module's own parameters
+        return m(t, x).square()
+
+    # gradcheck perturbs its inputs through .data, which the cache cannot see: for the weights
+    # as inputs, recompute at every call (same functions, fresh parts)
+    m.use_cache = False
+    assert torch.autograd.gradgradcheck(fn, (t, x, w, b))
+    m.use_cache = True
+    m(t, x)  # cached from here on
+    assert torch.autograd.gradgradcheck(lambda t, x: fn(t, x, w, b), (t, x))
+    # and every second derivative equals torchdiffeq's, mixed t / time-channel terms included
+    ref = twin(m)
+    params = [t, x, w, b]
+    params_ref = [t, x, ref._layer.weight, ref._layer.bias]
+    out = []
+    for mod, ps in ((m, params), (ref, params_ref)):
+        g = torch.autograd.grad(mod(t, x).square().sum(), ps, create_graph=True)
+        s = sum((gi * torch.linspace(-1, 1, gi.numel()).double().view_as(gi)).sum() for gi in g)
+        out.append(torch.autograd.grad(s, ps))
+    for a, b_ in zip(*out):
+        torch.testing.assert_close(a, b_, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_concat_conv_module_matches_torchdiffeq_on_both_backends(backend):
+    torch.manual_seed(3)
+    m = tnn.ConcatConv2d(3, 5, 3, padding=1)
+    x = torch.randn(2, 3, 6, 6)
+    t = torch.tensor(0.9)
+    with timeaware.use_backend(backend):
+        m(t, x)
+        assert_same_as_torchdiffeq(m, t, x, rtol=1e-5, atol=1e-6)
+    md = tnn.ConcatConv2d(3, 5, 3, padding=1).double()
+    md.load_state_dict(m.state_dict())
+    with timeaware.use_backend(backend):
+        assert_same_as_torchdiffeq(md, t.double(), x.double())
+
+
+def test_concat_conv_deepcopy_and_pickle_drop_the_cache():
+    import copy
+    import pickle
+
+    m = tnn.ConcatConv2d(2, 3, 3, padding=1)
+    x = torch.randn(1, 2, 4, 4)
+    y = m(0.5, x)
+    assert len(m._cache) == 1
+    for c in (copy.deepcopy(m), pickle.loads(pickle.dumps(m))):
+        assert len(c._cache) == 0
+        torch.testing.assert_close(c(0.5, x), y)
+        with torch.no_grad():
+            c._layer.weight.zero_()
+        torch.testing.assert_close(m(0.5, x), y)  # the original is untouched
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_concat_conv_gn_act_time_channel_gradient_is_the_concatenation_one(backend):
+    """The fused block's gradients (x, t, the full conv weight, its time channel included,
+    bias, norm affine) equal those of the eager concatenation form, in fp32, with the time map
+    cached, and on the triton backend the op gets a detached time map (no dtime_map)."""
+    torch.manual_seed(1)
+    block = tnn.ConcatConvGNAct(3, 4, num_groups=2, backend=backend)
+    with torch.no_grad():
+        block.norm.weight.uniform_(0.5, 1.5)
+        block.norm.bias.uniform_(-0.5, 0.5)
+    x = torch.randn(2, 3, 5, 5, requires_grad=True)
+    t = torch.tensor(0.6, requires_grad=True)
+    block(t, x)  # fill the cache
+    seen = []
+    real = timeaware.ops.group_norm_act
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs["time_map"].requires_grad)
+        return real(*args, **kwargs)
+
+    timeaware.ops.group_norm_act = spy
+    try:
+        y = block(t, x)
+    finally:
+        timeaware.ops.group_norm_act = real
+    assert seen == [backend == "reference"]  # linked on the eager path, detached when fused
+    layer = block.conv._layer
+    eager = F.relu(F.group_norm(concat_form(layer, t, x), 2, block.norm.weight, block.norm.bias))
+    params = [x, t, layer.weight, layer.bias, block.norm.weight, block.norm.bias]
+    g = torch.randn_like(y)
+    got = torch.autograd.grad(y, params, g)
+    want = torch.autograd.grad(eager, params, g)
+    torch.testing.assert_close(y, eager, rtol=1e-4, atol=1e-5)
+    atol = grad_atol(want)
+    for name, a, b in zip(("x", "t", "weight", "bias", "gn.weight", "gn.bias"), got, want):
+        assert_rel_close(a, b, 2e-4, f"grad of {name}", atol)
+    assert want[2][:, 0].abs().max() > 1e-2  # the time channel does get a gradient
+
+
+def test_concat_conv_fused_path_refuses_double_backward():
+    block = tnn.ConcatConvGNAct(3, 4, num_groups=2, backend="triton")
+    x = torch.randn(2, 3, 4, 4, requires_grad=True)
+    (gx,) = torch.autograd.grad(block(0.5, x).square().sum(), x, create_graph=True)
+    with pytest.raises(RuntimeError):
+        gx.sum().backward()
 
 
 # ------------------------------------------------------------------------------------------

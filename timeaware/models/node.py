@@ -272,6 +272,9 @@ class NODEClassifier(nn.Module):
         dropout: before the final Linear (paper: 0.5).
         method, rtol, atol, adjoint, options: of the :class:`ODEBlock`.
         backend: backend of the fused op.
+        cuda_graphs: capture the ODE function's forward and backward as CUDA graphs (see
+            :class:`ODEFunc`); works with ``adjoint`` True and False. Needs a CUDA device
+            (RuntimeError otherwise). The stem, residual blocks and head run as usual.
 
     Shapes:
         x: (N, in_channels, image_size, image_size). Output: (N, num_classes).
@@ -296,6 +299,7 @@ class NODEClassifier(nn.Module):
         adjoint: bool = True,
         options: dict | None = None,
         backend: str | None = None,
+        cuda_graphs: bool = False,
     ) -> None:
         super().__init__()
         in_channels = check_positive_int(in_channels, "in_channels")
@@ -314,7 +318,16 @@ class NODEClassifier(nn.Module):
         self.down1 = PreActResBlock(c, c, 2, norm, groups, backend)
         self.down2 = PreActResBlock(c, c, 2, norm, groups, backend)
         odefunc = ODEFunc(
-            c, groups, act, norm, inject, zero_bias, time_embed, (state, state), backend
+            c,
+            groups,
+            act,
+            norm,
+            inject,
+            zero_bias,
+            time_embed,
+            (state, state),
+            backend,
+            cuda_graphs=cuda_graphs,
         )
         self.odeblock = ODEBlock(odefunc, method, rtol, atol, adjoint, 1.0, options)
         self.head_norm = make_norm(norm, c, groups, act="relu", backend=backend)
