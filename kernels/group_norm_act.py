@@ -1318,9 +1318,18 @@ def _dense(x: Tensor) -> Tensor:
 
 
 def _strides(t: Tensor) -> tuple[int, int, int]:
-    """(stride_n, stride_c, stride_hw) of an NCHW- or channels_last-contiguous 4-D tensor."""
+    """(stride_n, stride_c, stride_hw) of a 4-D tensor whose H and W flatten to one index
+    (see :func:`_hw_flat`)."""
     sn, sc, sh, sw = t.stride()
     return (sn, sc, sh) if t.shape[3] == 1 else (sn, sc, sw)
+
+
+def _hw_flat(t: Tensor) -> bool:
+    """Whether H and W of a 4-D tensor can be read through one pixel stride (W == 1, H == 1,
+    or stride_h == W * stride_w), whatever the N and C strides: e.g. a channel slice
+    ``g[:, 1:]`` of an (N, 1 + C, H, W) gradient, NCHW or channels_last."""
+    _, _, H, W = t.shape
+    return W == 1 or H == 1 or t.stride(2) == W * t.stride(3)
 
 
 def _is_fused(Cg: int, HW: int, threshold: int) -> bool:
@@ -1743,7 +1752,7 @@ def _backward(dy, x, stats, G, args, t_scalar, stride_t, fkey, needs, split_thre
     nt = bool(needs[5]) and time is not None
     ntm = bool(needs[6]) and tmap is not None
     npos = bool(needs[7]) and pos is not None
-    if not (dy.is_contiguous() or dy.is_contiguous(memory_format=_CL)):
+    if not _hw_flat(dy):  # the kernels read dy through its own (n, c, pixel) strides
         dy = dy.contiguous(memory_format=output_memory_format(x))
     tm_bcast = nt and time.dim() == 0
     dx = torch.empty_like(x) if nx else None
@@ -1869,8 +1878,8 @@ def group_norm_act_bwd(
     """Backward of the fused op.
 
     Args:
-        dy: (N, C, H, W) gradient of y, any layout (made dense if it is neither NCHW- nor
-            channels_last-contiguous).
+        dy: (N, C, H, W) gradient of y, any layout: read through its own strides when H and
+            W flatten to one pixel stride (any N and C strides, 0 included), copied otherwise.
         x, num_groups, weight, beta, act, conv_bias, emb, time, time_map, pos: as in
             :func:`group_norm_act_fwd`.
         mean, rstd: (N, G) fp32 from the forward.

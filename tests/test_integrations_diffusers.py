@@ -527,8 +527,12 @@ def test_fused_path_runs(name):
     with count_launches(stub_triton=True) as c:
         model(x, t, **extra).sample.sum().backward()
     fused_calls = 2 * kinds["FusedResnetBlock2D"] + kinds["FusedGroupNorm"]
-    assert c.ops["triton:_gn_fwd_fused_kernel"] == fused_calls, c.summary()
-    assert c.ops["triton:_gn_bwd_fused_kernel"] == fused_calls, c.summary()
+    # one single-kernel forward and one backward per op call (the models' groups are small, so
+    # the fused or packed regime runs, never the split one)
+    fwd = sum(c.ops[f"triton:_gn_fwd_{k}_kernel"] for k in ("fused", "packed"))
+    bwd = sum(c.ops[f"triton:_gn_bwd_{k}_kernel"] for k in ("fused", "packed"))
+    assert fwd == fused_calls, c.summary()
+    assert bwd == fused_calls, c.summary()
     assert c.ops["aten.native_group_norm.default"] == 2 * left, c.summary()
     # diffusers: 3 SiLUs per block (norm1, temb, norm2) and conv_act; fused: the temb one only
     silu = unpatched.ops["aten.silu.default"] + unpatched.ops["aten.relu.default"]

@@ -20,6 +20,7 @@ import pytest
 import torch
 
 from timeaware.kernels import group_norm_act as gna
+from timeaware.profiling import count_launches
 from timeaware.reference import add_addends, group_norm_act_ref
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
@@ -372,6 +373,52 @@ def test_dy_layout(layout, dy_layout):
     for name, a, b in zip(NAMES, got, ref):
         torch.testing.assert_close(a, b, msg=name)
     assert got[0].stride() == x.stride()
+
+
+def _dy_view(dy, form):
+    """dy with the same values in a layout the kernels read without a copy."""
+    N, C, H, W = dy.shape
+    if form == "slice-nchw":  # channel slice of (N, 1 + C, H, W): ConcatConv's backward
+        big = torch.randn(N, C + 1, H, W, device=DEVICE, dtype=dy.dtype)
+    elif form == "slice-cl":
+        big = torch.randn(N, C + 1, H, W, device=DEVICE, dtype=dy.dtype)
+        big = big.contiguous(memory_format=torch.channels_last)
+    else:  # "expanded": every stride 0, as the gradient of y.sum()
+        return dy[:1, :1, :1, :1].expand(N, C, H, W)
+    out = big[:, 1:]
+    out.copy_(dy)
+    return out
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=idfn)
+@pytest.mark.parametrize("form", ["slice-nchw", "slice-cl", "expanded"])
+@pytest.mark.parametrize(
+    "shape,G,thr",
+    [
+        ((2, 6, 3, 5), 2, None),  # fused, C/G = 3 (general kernel)
+        ((2, 8, 3, 3), 4, None),  # fused, C/G = 2 (packed kernel)
+        ((2, 4, 3, 5), 1, 8),  # split regime
+    ],
+    ids=["fused", "packed", "split"],
+)
+def test_dy_read_through_its_strides(shape, G, thr, form, dtype):
+    # A dy whose H and W flatten to one stride is read in place (no copy launch) and gives the
+    # gradients of its dense copy; bf16 also takes the finalize kernel's recompute of dtime_map.
+    inp = make_inputs(shape, dtype=dtype, addends="all")
+    dy = torch.randn(shape, device=DEVICE).to(dtype)
+    view = _dy_view(dy, form)
+    assert not (view.is_contiguous() or view.is_contiguous(memory_format=torch.channels_last))
+    dense = view.contiguous()
+    *_, ref = kernel_run(inp, G, "silu", dense, split_threshold=thr)
+    with count_launches(stub_triton=True) as c:  # (the interpreter itself runs aten ops)
+        kernel_run(inp, G, "silu", view, split_threshold=thr)
+    copies = ("aten.clone.default", "aten.copy_.default", "aten._to_copy.default")
+    assert sum(c.ops[k] for k in copies) == 0, c.summary()  # dy is not copied
+    *_, got = kernel_run(inp, G, "silu", view, split_threshold=thr)
+    for name, a, b in zip(NAMES, got, ref):
+        if b is None:
+            continue
+        torch.testing.assert_close(a, b, msg=name)
 
 
 @pytest.mark.parametrize("act", ["identity", "relu", "silu"])

@@ -193,8 +193,9 @@ def test_odefunc_reference_double_backward_matches_torchdiffeq():
 def test_odefunc_triton_refuses_double_backward():
     f = ODEFunc(4, groups=2, backend="triton")
     x = torch.randn(2, 4, 3, 3, requires_grad=True)
-    (gx,) = torch.autograd.grad(f(0.3, x).square().sum(), x, create_graph=True)
-    with pytest.raises(RuntimeError):
+    # the op refuses create_graph=True through its Triton backward, naming the way out
+    with pytest.raises(RuntimeError, match="double backward.*backend='reference'"):
+        (gx,) = torch.autograd.grad(f(0.3, x).square().sum(), x, create_graph=True)
         gx.sum().backward()
 
 
@@ -210,7 +211,7 @@ def test_odefunc_fused_path_shares_one_time_tensor_and_detached_time_maps(monkey
     f = ODEFunc(4, groups=2, backend="triton")
     f(torch.tensor(0.5), torch.randn(3, 4, 3, 3, requires_grad=True))
     t2, t3 = calls[1]["time"], calls[2]["time"]
-    assert t2 is t3 and t2.shape == (3,) and t2.is_contiguous()
+    assert t2 is t3 and t2.dim() == 0  # one 0-d time, broadcast by the op without a copy
     assert not calls[1]["time_map"].requires_grad and not calls[2]["time_map"].requires_grad
 
 

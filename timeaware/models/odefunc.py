@@ -22,7 +22,7 @@ from ..nn._utils import (
     check_time,
     time_as_tensor,
 )
-from ..nn.conv import ConcatConv2d, concat_conv_norm, runs_fused
+from ..nn.conv import ConcatConv2d, concat_conv_norm
 from ..nn.embedding import PositionalLinear, TimeMLP
 from ..nn.init import apply_zero_bias, canonical_zero_bias
 from ..nn.norm import NORM_KINDS, make_norm
@@ -173,14 +173,10 @@ class ODEFunc(nn.Module):
         self.nfe = 0
 
     def _concat_time(self, t, x: Tensor):
-        """``t`` for both ConcatConvs, converted once. On the fused path a 0-d time becomes one
-        contiguous (N,) tensor shared by the two op calls (the op would otherwise copy its
-        expansion at each call)."""
+        """``t`` for both ConcatConvs, converted once (a 0-d time stays 0-d: the fused op
+        broadcasts it over the batch without a copy)."""
         check_time(t, x.shape[0], "t")
-        time = time_as_tensor(t, x)
-        if time.dim() == 0 and self.conv1.fast_path and runs_fused(self.norm2, x):
-            time = time.expand(x.shape[0]).contiguous()
-        return time
+        return time_as_tensor(t, x)
 
     def _conv_norm(self, conv, emb_mlp, pos_mod, norm, t, h: Tensor, time=None) -> Tensor:
         pos = pos_mod(t) if pos_mod is not None else None
