@@ -910,6 +910,8 @@ class SpeedReport:
             where = str(self.device)
         msg = f"speed: {per:.3g} s/step (steps {first}-{step}, {where})"
         if remaining > 0:
+            if remaining == 1:
+                unit = unit.replace("steps", "step", 1)
             msg += f"; the remaining {remaining:,} {unit} would take about "
             msg += format_duration(per * remaining)
             if self.device.type == "cpu" and per * remaining > 3600:

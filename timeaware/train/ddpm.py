@@ -510,8 +510,9 @@ class _DDPMRun:
         )
         if self.cfg.preset != CPU_PRESET and (nparam > 5e6 or self.cfg.steps > 20000):
             msg += (
-                " The paper's recipe (the default) is a GPU job: on a CPU a step takes many "
-                f"seconds and the run would take months. {CPU_HINT}."
+                " The paper's recipe (the default) is a GPU job: on a CPU every step of this "
+                f"model takes many seconds (the time of the whole run follows after step 3). "
+                f"{CPU_HINT}."
             )
         self.say(msg)
 
