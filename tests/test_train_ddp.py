@@ -78,3 +78,37 @@ def test_ddp_mid_epoch_resume_keeps_every_ranks_metrics(tmp_path):
         assert len(full) == len(part) == n
         for a, b in zip(full, part):
             assert {k: a[k] for k in keys} == {k: b[k] for k in keys}, kind
+
+
+def test_running_totals_when_the_number_of_processes_changes():
+    """Resumed with another number of processes, rank 0 takes the old ranks' totals (the max for
+    seconds) and the others start from zero, so the sums across ranks are kept."""
+    import torch
+
+    from timeaware.train.common import DistInfo, restore_rank_totals
+
+    zero = {"loss": 0.0, "count": 0.0, "seconds": 0.0}
+    progress = {
+        "acc": {"loss": 1.0, "count": 2.0, "seconds": 3.0},
+        "acc_ranks": [
+            {"loss": 1.0, "count": 2.0, "seconds": 3.0},
+            {"loss": 10.0, "count": 20.0, "seconds": 5.0},
+        ],
+    }
+
+    def info(rank, world):
+        return DistInfo(rank=rank, world_size=world, local_rank=rank, device=torch.device("cpu"))
+
+    assert restore_rank_totals(progress, info(1, 2), zero) == progress["acc_ranks"][1]
+    assert restore_rank_totals(progress, info(0, 1), zero) == {
+        "loss": 11.0,
+        "count": 22.0,
+        "seconds": 5.0,
+    }
+    three = [restore_rank_totals(progress, info(r, 3), zero) for r in range(3)]
+    assert three[0] == {"loss": 11.0, "count": 22.0, "seconds": 5.0}
+    assert three[1] == three[2] == zero
+    # a checkpoint without per-rank totals (older format): rank 0's only, never duplicated
+    old = {"acc": progress["acc"]}
+    assert restore_rank_totals(old, info(0, 2), zero) == progress["acc"]
+    assert restore_rank_totals(old, info(1, 2), zero) == zero
