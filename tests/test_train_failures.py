@@ -260,6 +260,13 @@ def test_a_failed_final_evaluation_can_be_run_again_by_resuming(tmp_path, monkey
     assert f"--resume {tmp_path / 'run'}" in msg
     ck = load_checkpoint(tmp_path / "run", "ddpm")
     assert ck["progress"]["step"] == 4 and not ck["progress"]["finished"]
+    # failing again on resume: the trained checkpoint is not rewritten (it can be 557 MB)
+    st = os.stat(tmp_path / "run" / "last.pt")
+    with pytest.raises(TrainingError, match="final evaluation failed"):
+        train_ddpm(ddpm_config_from_dict(ck["config"]), resume=ck)
+    again = os.stat(tmp_path / "run" / "last.pt")  # atomic_save would make a new inode
+    assert (again.st_ino, again.st_mtime_ns) == (st.st_ino, st.st_mtime_ns)
+    ck = load_checkpoint(tmp_path / "run", "ddpm")
 
     monkeypatch.undo()
     summary = train_ddpm(ddpm_config_from_dict(ck["config"]), resume=ck)

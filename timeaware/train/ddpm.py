@@ -565,7 +565,8 @@ class _DDPMRun:
         evaluates = cfg.eval_samples > 0 and bool(cfg.eval_samplers)
         # Without an evaluation the run is finished now; with one, only once it succeeded.
         self.finished = not evaluates
-        self.save()
+        if self.finished or self.last_ckpt_step != self.step:  # not again for a re-evaluation
+            self.save()
         return self.finish(evaluate=True)
 
     def after_step(self) -> None:
