@@ -190,3 +190,22 @@ def test_stale_temporary_checkpoints_are_removed_at_the_next_start(finished_run,
     out = capsys.readouterr().out
     assert not stale.exists() and not (finished_run / "summary.json.tmp").exists()
     assert "removed temporary files of an interrupted run: .last.pt.tmp-999999" in out
+
+
+def test_helpers_check_their_arguments(tmp_path):
+    from timeaware.train.common import Num, format_duration, load_checkpoint
+
+    with pytest.raises(TypeError, match="kind: got <class 'str'>, expected int or float"):
+        Num(str)
+    with pytest.raises(ValueError, match="lo, hi: got 3 > 1"):
+        Num(int, 3, 1)
+    with pytest.raises(ValueError, match="seconds: got -1"):
+        format_duration(-1)
+    with pytest.raises(ValueError, match="kind: got 'gan'"):
+        load_checkpoint(tmp_path, "gan")
+    assert [format_duration(v) for v in (42, 720, 12240, 46_742_400)] == [
+        "42 s",
+        "12 min",
+        "3.4 h",
+        "12,984 h",
+    ]

@@ -94,6 +94,12 @@ class Num:
     none_ok: bool = False
     inf_ok: bool = False
 
+    def __post_init__(self) -> None:
+        if self.kind not in (int, float):
+            raise TypeError(f"kind: got {self.kind!r}, expected int or float")
+        if self.lo is not None and self.hi is not None and self.lo > self.hi:
+            raise ValueError(f"lo, hi: got {self.lo} > {self.hi}, expected lo <= hi")
+
     def describe(self) -> str:
         """``an integer >= 0``, ``a number > 0``, ``a number in [0, 1)``..."""
         what = "an integer" if self.kind is int else "a number"
@@ -397,6 +403,8 @@ def load_checkpoint(
             A file holding arbitrary Python objects is never unpickled (that could run code),
             and torch's advice to load it with ``weights_only=False`` is not passed on.
     """
+    if kind not in (None, "node", "ddpm"):
+        raise ValueError(f"kind: got {kind!r}, expected None, 'node' or 'ddpm'")
     path = checkpoint_path(path_or_dir)
     if not os.path.isfile(path):
         raise TrainingError(f"{option}: no checkpoint at {path!r}")
@@ -872,7 +880,13 @@ def environment(device: torch.device) -> dict:
 
 
 def format_duration(seconds: float) -> str:
-    """``42 s``, ``12 min``, ``3.4 h``, ``12,984 h``."""
+    """``42 s``, ``12 min``, ``3.4 h``, ``12,984 h``.
+
+    Raises:
+        ValueError: ``seconds`` negative or NaN.
+    """
+    if not seconds >= 0:
+        raise ValueError(f"seconds: got {seconds!r}, expected a number >= 0")
     if seconds < 90:
         return f"{seconds:.0f} s"
     if seconds < 5400:
