@@ -154,8 +154,8 @@ def test_resume_rules(tmp_path, capsys):
     assert main(["train", "node", *NODE_ARGS, "--epochs", "1", "--out", str(out)]) == 0
     rc = main(["train", "node", *NODE_ARGS, "--epochs", "1", "--out", str(out)])
     assert rc == 1 and "already holds a run" in capsys.readouterr().err
-    rc = main(["train", "node", "--resume", str(out), "--lr", "0.5"])
-    assert rc == 1 and "--lr cannot change when resuming" in capsys.readouterr().err
+    rc = main(["train", "node", "--resume", str(out), "--momentum", "0.5"])
+    assert rc == 1 and "--momentum cannot change when resuming" in capsys.readouterr().err
     # a finished run can be extended
     assert main(["train", "node", "--resume", str(out), "--epochs", "2"]) == 0
     rows = (out / "metrics.jsonl").read_text().splitlines()

@@ -212,5 +212,5 @@ def test_resume_rejects_a_foreign_or_missing_checkpoint(tmp_path):
     with pytest.raises(TrainingError, match="'ddpm' checkpoint"):
         load_checkpoint(tmp_path, "node")
     (tmp_path / "bad.pt").write_bytes(b"not a checkpoint")
-    with pytest.raises(TrainingError, match="cannot read"):
+    with pytest.raises(TrainingError, match="not a timeaware checkpoint"):
         load_checkpoint(tmp_path / "bad.pt")

@@ -155,15 +155,47 @@ def _find_cifar_folder(name: str, root: str | os.PathLike | None) -> str:
     )
 
 
-def _read_cifar_split(folder: str, files: list[str], label_key: str) -> tuple[Tensor, Tensor]:
+def _read_cifar_file(path: str, label_key: str) -> tuple[Tensor, Tensor]:
+    with open(path, "rb") as fh:
+        # The official CIFAR archives are Python pickles of numpy arrays; a local file the
+        # user put there is trusted like any other local dataset.
+        entry = pickle.load(fh, encoding="latin1")
+    if not isinstance(entry, dict):
+        raise ValueError(f"it holds a {type(entry).__name__}, not a dict")
+    missing = [k for k in ("data", label_key) if k not in entry]
+    if missing:
+        raise ValueError(f"it has no {' or '.join(repr(k) for k in missing)} entry")
+    data = torch.as_tensor(entry["data"])
+    labels = torch.as_tensor(entry[label_key])
+    if data.dim() != 2 or data.shape[1] != 3072 or data.dtype != torch.uint8:
+        raise ValueError(
+            f"its images are {data.dtype} of shape {tuple(data.shape)}, expected uint8 "
+            f"(N, 3072) (3x32x32 each)"
+        )
+    if labels.shape != (data.shape[0],) or labels.is_floating_point():
+        raise ValueError(
+            f"its labels have shape {tuple(labels.shape)}, expected {data.shape[0]} integers"
+        )
+    return data.view(-1, 3, 32, 32), labels.to(torch.int64)
+
+
+def _read_cifar_split(
+    folder: str, files: list[str], label_key: str, name: str = "cifar10"
+) -> tuple[Tensor, Tensor]:
     xs, ys = [], []
     for f in files:
-        with open(os.path.join(folder, f), "rb") as fh:
-            # The official CIFAR archives are Python pickles of numpy arrays; a local file the
-            # user put there is trusted like any other local dataset.
-            entry = pickle.load(fh, encoding="latin1")
-        xs.append(torch.as_tensor(entry["data"], dtype=torch.uint8).view(-1, 3, 32, 32))
-        ys.append(torch.as_tensor(entry[label_key], dtype=torch.int64))
+        path = os.path.join(folder, f)
+        try:
+            x, y = _read_cifar_file(path, label_key)
+        except Exception as exc:  # noqa: BLE001 - whatever is wrong, the advice is the same
+            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+            raise ValueError(
+                f"{name}: {path} is not a file of the official CIFAR Python archive "
+                f"({type(exc).__name__}: {reason}); replace the folder with the extracted "
+                f"{_CIFAR[name]['archive']}"
+            ) from None
+        xs.append(x)
+        ys.append(y)
     return torch.cat(xs), torch.cat(ys)
 
 
@@ -181,13 +213,15 @@ def load_cifar(
     Raises:
         FileNotFoundError: the folder or one of its files is missing; the message says what to
             put where.
+        ValueError: a file is not one of the official archive's (not a pickle, no images or
+            labels, images not 3x32x32 uint8); the message names the file.
     """
     if name not in _CIFAR:
         raise ValueError(f"name: got {name!r}, expected one of {tuple(_CIFAR)}")
     spec = _CIFAR[name]
     folder = _find_cifar_folder(name, root)
-    train_x, train_y = _read_cifar_split(folder, spec["train"], spec["label_key"])
-    test_x, test_y = _read_cifar_split(folder, spec["test"], spec["label_key"])
+    train_x, train_y = _read_cifar_split(folder, spec["train"], spec["label_key"], name)
+    test_x, test_y = _read_cifar_split(folder, spec["test"], spec["label_key"], name)
     if image_size != 32:
         train_x = (_resize(to_unit(train_x), image_size) * 255).round_().to(torch.uint8)
         test_x = (_resize(to_unit(test_x), image_size) * 255).round_().to(torch.uint8)

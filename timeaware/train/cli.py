@@ -1,18 +1,26 @@
 """The ``timeaware`` command line: ``timeaware train node|ddpm ...``, ``timeaware presets``.
 
 Options resolve in this order, later wins: the trainer's defaults (the paper's recipe), the
-``--preset``'s model options, the options given on the command line. With ``--resume`` the
+``--preset``'s options, the options given on the command line. With ``--resume`` the
 checkpoint's options are used instead of the defaults and the preset; only run-control
-options (length of the run, logging, checkpointing, evaluation, device) may change.
+options (length of the run, logging, checkpointing, evaluation, device) and the learning rate
+may change.
+
+Numeric options are parsed with the type and range of their trainer's ``NUMBERS`` table, the
+same table the config classes are checked against; an option added to a config class and to
+that table gets both checks. Every command-line error is one line.
 """
 
 from __future__ import annotations
 
 import argparse
+import difflib
 import os
 import sys
 from dataclasses import asdict, fields
 
+from timeaware.train import ddpm as _ddpm
+from timeaware.train import node as _node
 from timeaware.train.common import TrainingError, TrainingInterrupted, load_checkpoint
 from timeaware.train.ddpm import SAMPLERS, DDPMConfig, ddpm_config_from_dict, train_ddpm
 from timeaware.train.node import (
@@ -31,8 +39,11 @@ _NODE = NodeConfig()
 _DDPM = DDPMConfig()
 
 # Options that may differ from the checkpoint's when resuming (they do not change the maths of
-# the steps already taken).
+# the steps already taken). The learning rate may change too, so that the advice after a
+# divergence ("resume with a lower --lr") can be followed; the trainer applies it to the
+# optimiser and records the change in config.json and metrics.jsonl.
 RESUMABLE = {
+    "lr",
     "epochs",
     "steps",
     "device",
@@ -58,6 +69,22 @@ RESUMABLE = {
     "data_root",
     "inject_nan_at_step",
 }
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors (no usage block) that point to ``--help``."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
+
+
+def _use_number_types(p: argparse.ArgumentParser, numbers: dict) -> None:
+    """Parse every numeric option with its trainer's :class:`~timeaware.train.common.Num`, so
+    a malformed or out-of-range value (``--lr a``, ``--lr nan``, ``--max-num-steps -1``) is
+    rejected by the parser with the expected range."""
+    for a in p._actions:
+        if a.dest in numbers:
+            a.type = numbers[a.dest].parse
 
 
 def _none_or(kind):
@@ -111,8 +138,10 @@ def _common_run_options(p: argparse.ArgumentParser, cfg, kind: str) -> None:
         metavar="RUN",
         help="continue a run from its folder (or a checkpoint file); the checkpoint's options "
         "are used, only run-control options (length, logging, checkpointing, evaluation, "
-        "device) may be changed. An interrupted run resumed on the same machine "
-        "configuration reproduces the uninterrupted run exactly",
+        "device) and --lr may be changed (changes are recorded in config.json). An "
+        "interrupted run resumed on the same machine configuration reproduces the "
+        "uninterrupted run exactly. A folder is used by one run at a time (a lock file, "
+        ".lock, released when the process ends)",
     )
     g.add_argument(
         "--seed",
@@ -310,7 +339,12 @@ def build_node_parser(sub) -> argparse.ArgumentParser:
         type=int,
         help="global batch size (split evenly over torchrun processes)" + _d(cfg.batch_size),
     )
-    o.add_argument("--lr", type=float, help="SGD learning rate" + _d(cfg.lr))
+    o.add_argument(
+        "--lr",
+        type=float,
+        help="SGD learning rate; with --resume it replaces the current one (also a "
+        "plateau-reduced one) from the resume point on" + _d(cfg.lr),
+    )
     o.add_argument("--momentum", type=float, help="SGD momentum" + _d(cfg.momentum))
     o.add_argument("--weight-decay", type=float, help="SGD weight decay" + _d(cfg.weight_decay))
     o.add_argument(
@@ -343,6 +377,7 @@ def build_node_parser(sub) -> argparse.ArgumentParser:
         help="also write it every N optimiser steps (0: off)" + _d(0),
     )
     r.add_argument("--eval-batch-size", type=int, help="test batch size" + _d(cfg.eval_batch_size))
+    _use_number_types(p, _node.NUMBERS)
     return p
 
 
@@ -414,9 +449,19 @@ def build_ddpm_parser(sub) -> argparse.ArgumentParser:
         type=int,
         help="global batch size (split evenly over torchrun processes)" + _d(cfg.batch_size),
     )
-    o.add_argument("--lr", type=float, help="Adam learning rate (no weight decay)" + _d(cfg.lr))
+    o.add_argument(
+        "--lr",
+        type=float,
+        help="Adam learning rate (no weight decay), the value the warm-up reaches; with "
+        "--resume it replaces the checkpoint's from the resume point on" + _d(cfg.lr),
+    )
     o.add_argument("--warmup", type=int, help="linear learning-rate warm-up steps" + _d(cfg.warmup))
-    o.add_argument("--grad-clip", type=float, help="gradient norm clipping" + _d(cfg.grad_clip))
+    o.add_argument(
+        "--grad-clip",
+        type=float,
+        help="gradient norm clipping ('inf': none); a step whose gradient norm is not finite "
+        "stops the run before the update" + _d(cfg.grad_clip),
+    )
     o.add_argument(
         "--ema-decay",
         type=float,
@@ -487,12 +532,13 @@ def build_ddpm_parser(sub) -> argparse.ArgumentParser:
         help="local FID Inception weights (torch-fidelity's .pth); adds real Inception FID "
         "(needs the torch-fidelity package). Nothing is downloaded; a missing file is an error",
     )
+    _use_number_types(p, _ddpm.NUMBERS)
     return p
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The ``timeaware`` command-line parser: ``train node``, ``train ddpm`` and ``presets``."""
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="timeaware",
         description="timeaware trainers: NODE and DDPM with the paper's remedies for vanishing "
         "timestep embeddings, on the embedded digits dataset or local CIFAR-10/100.",
@@ -551,7 +597,9 @@ def resolve_config(kind: str, args: dict):
 def _opt_str(name: str, v) -> str:
     if v is None:
         return "auto" if name == "groups" else "none"
-    return ",".join(map(str, v)) if isinstance(v, tuple) else str(v)
+    if isinstance(v, tuple):
+        return ",".join(map(str, v)) or "none"
+    return str(v)
 
 
 def _print_presets(kind: str | None) -> None:
@@ -565,14 +613,17 @@ def _print_presets(kind: str | None) -> None:
             )
             print(f"  {p.name:<22} {p.paper}")
             print(f"  {'':<22}   options: {opts}")
-            print(f"  {'':<22}   paper (CIFAR): {p.paper_result}")
+            if p.paper_result:
+                print(f"  {'':<22}   paper (CIFAR): {p.paper_result}")
         print()
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``timeaware`` console script and ``python -m timeaware``."""
     parser = build_parser()
-    ns = parser.parse_args(argv)
+    ns, extra = parser.parse_known_args(argv)
+    if extra:
+        _unknown_options(parser, ns, extra)
     if ns.command == "presets":
         _print_presets(ns.trainer)
         return 0
@@ -590,12 +641,37 @@ def main(argv: list[str] | None = None) -> int:
     except TrainingInterrupted as exc:
         print(f"{prefix}: {exc}", file=sys.stderr)
         return 130 if str(exc).startswith("SIGINT") else 143
-    except (TrainingError, ValueError, FileNotFoundError) as exc:
+    except (TrainingError, ValueError, OSError) as exc:
         if isinstance(exc, ValueError) and str(exc).startswith("--preset"):
             parser.error(str(exc))
         print(f"{prefix}: error: {exc}", file=sys.stderr)
         return 1
     return 0
+
+
+def _subparser(parser: argparse.ArgumentParser, path: list[str]) -> argparse.ArgumentParser:
+    for name in path:
+        for a in parser._actions:
+            if isinstance(a, argparse._SubParsersAction) and name in a.choices:
+                parser = a.choices[name]
+                break
+    return parser
+
+
+def _unknown_options(parser: argparse.ArgumentParser, ns: argparse.Namespace, extra: list[str]):
+    """Exit with one line naming the unknown options, from the sub-command they were given to,
+    with the closest known option when there is one (``--eps`` -> ``--epochs``)."""
+    path = [v for v in (getattr(ns, "command", None), getattr(ns, "trainer", None)) if v]
+    sub = _subparser(parser, path)
+    known = [o for a in sub._actions for o in a.option_strings]
+    msg = f"unrecognized arguments: {' '.join(extra)}"
+    for e in extra:
+        if e.startswith("--"):
+            close = difflib.get_close_matches(e.split("=")[0], known, n=1, cutoff=0.6)
+            if close:
+                msg += f"; did you mean {close[0]}?"
+                break
+    sub.error(msg)
 
 
 __all__ = ["PRESETS", "build_parser", "main", "resolve_config"]

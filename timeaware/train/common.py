@@ -1,7 +1,9 @@
 """Trainer infrastructure shared by the NODE and DDPM trainers.
 
-Checkpoints (atomic, ``weights_only`` loadable), RNG capture/restore, SIGINT/SIGTERM handling,
-torch.distributed set-up (``torchrun``), JSON-lines metrics, the curve plot and the summary table.
+Checkpoints (atomic, ``weights_only`` loadable, never with non-finite weights), the run-folder
+lock, RNG capture/restore, SIGINT/SIGTERM handling, torch.distributed set-up (``torchrun``),
+option checking shared by the config classes and the command line, JSON-lines metrics, the
+curve plot, the summary table and the speed estimate.
 """
 
 from __future__ import annotations
@@ -9,11 +11,15 @@ from __future__ import annotations
 import json
 import math
 import os
+import pickle
+import platform
 import random
 import signal
+import socket
 import time
 import warnings
-from collections.abc import Sequence
+import zipfile
+from collections.abc import Iterable, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -24,6 +30,7 @@ from tqdm.auto import tqdm
 
 CHECKPOINT_NAME = "last.pt"
 CHECKPOINT_FORMAT = 1
+LOCK_NAME = ".lock"
 
 
 # ----------------------------------------------------------------------------- errors
@@ -44,6 +51,18 @@ class SolverFailed(TrainingError):
     """The ODE solver failed (step size underflow, too many steps)."""
 
 
+class BadOption(TrainingError, ValueError):
+    """An option (config field or command-line flag) has a value out of its range."""
+
+
+class BadOptionType(TrainingError, TypeError):
+    """An option (config field) has a value of the wrong type."""
+
+
+class RunFolderBusy(TrainingError):
+    """Another process holds the run folder's lock (it is training into the same folder)."""
+
+
 class TrainingInterrupted(Exception):
     """SIGINT or SIGTERM arrived; a checkpoint was written and the run can be resumed."""
 
@@ -51,6 +70,105 @@ class TrainingInterrupted(Exception):
         super().__init__(message)
         self.checkpoint = checkpoint
         self.step = step
+
+
+# ----------------------------------------------------------------------------- numeric options
+
+
+@dataclass(frozen=True)
+class Num:
+    """The type and range of one numeric option, shared by its config check and its CLI flag.
+
+    Attributes:
+        kind: ``int`` or ``float``.
+        lo, hi: bounds (None: unbounded); ``lo_open`` / ``hi_open`` exclude the bound itself.
+        none_ok: None is a legal value (``--groups auto``).
+        inf_ok: ``inf`` is a legal float (``--grad-clip inf``: no clipping). NaN never is.
+    """
+
+    kind: type = int
+    lo: float | None = None
+    hi: float | None = None
+    lo_open: bool = False
+    hi_open: bool = False
+    none_ok: bool = False
+    inf_ok: bool = False
+
+    def __post_init__(self) -> None:
+        if self.kind not in (int, float):
+            raise TypeError(f"kind: got {self.kind!r}, expected int or float")
+        if self.lo is not None and self.hi is not None and self.lo > self.hi:
+            raise ValueError(f"lo, hi: got {self.lo} > {self.hi}, expected lo <= hi")
+
+    def describe(self) -> str:
+        """``an integer >= 0``, ``a number > 0``, ``a number in [0, 1)``..."""
+        what = "an integer" if self.kind is int else "a number"
+        if self.lo is not None and self.hi is not None:
+            lb, rb = "(" if self.lo_open else "[", ")" if self.hi_open else "]"
+            return f"{what} in {lb}{self.lo:g}, {self.hi:g}{rb}"
+        if self.lo is not None:
+            return f"{what} {'>' if self.lo_open else '>='} {self.lo:g}"
+        if self.hi is not None:
+            return f"{what} {'<' if self.hi_open else '<='} {self.hi:g}"
+        return what
+
+    def problem(self, value: Any) -> str | None:
+        """Why ``value`` is not legal (None when it is)."""
+        if value is None:
+            return None if self.none_ok else "None"
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            return "type"
+        if self.kind is int and not isinstance(value, int):
+            return "type"
+        v = float(value)
+        if math.isnan(v) or (math.isinf(v) and not self.inf_ok):
+            return "range"
+        if self.lo is not None and (v < self.lo or (self.lo_open and v == self.lo)):
+            return "range"
+        if self.hi is not None and (v > self.hi or (self.hi_open and v == self.hi)):
+            return "range"
+        return None
+
+    def check(self, name: str, value: Any) -> None:
+        """Raise :class:`BadOptionType` / :class:`BadOption` naming ``--name`` when illegal."""
+        why = self.problem(value)
+        if why is None:
+            return
+        flag = "--" + name.replace("_", "-")
+        expected = self.describe() + (" or None" if self.none_ok else "")
+        if why == "type":
+            raise BadOptionType(
+                f"{flag}: got {value!r} of type {type(value).__name__}, expected {expected}"
+            )
+        raise BadOption(f"{flag}: got {value!r}, expected {expected}")
+
+    def parse(self, text: str):
+        """Parse a command-line value (an ``argparse`` ``type=``); bad text raises
+        ``argparse.ArgumentTypeError`` with a one-line reason."""
+        import argparse
+
+        t = text.strip()
+        if self.none_ok and t.lower() in ("none", "auto", ""):
+            return None
+        expected = self.describe() + (" or 'auto'" if self.none_ok else "")
+        try:
+            v = int(t) if self.kind is int else float(t)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"got {text!r}, expected {expected}") from None
+        if self.problem(v) is not None:
+            raise argparse.ArgumentTypeError(f"got {text!r}, expected {expected}")
+        return v
+
+
+def check_numbers(cfg: Any, spec: dict[str, Num]) -> None:
+    """Check every numeric field of a config against its :class:`Num`.
+
+    Raises:
+        BadOptionType: a field of the wrong type (a string, a float for an integer option).
+        BadOption: a field out of range (NaN included).
+    """
+    for name, num in spec.items():
+        num.check(name, getattr(cfg, name))
 
 
 # ----------------------------------------------------------------------------- distributed
@@ -155,12 +273,17 @@ def restore_rng(state: dict[str, Any], generators: dict[str, torch.Generator]) -
 
 def gather_rng(generators: dict[str, torch.Generator], info: DistInfo) -> list[dict] | None:
     """Every rank's :func:`capture_rng`, collected on rank 0 (None on other ranks)."""
-    mine = capture_rng(generators)
+    return gather_object(capture_rng(generators), info)
+
+
+def gather_object(obj: Any, info: DistInfo) -> list | None:
+    """Every rank's ``obj`` (tensors moved to the CPU), a list on rank 0, None on other ranks.
+
+    Collective: every rank must call it."""
     if not info.distributed:
-        return [mine]
-    cpu = _to_cpu(mine)
+        return [obj]
     out: list[Any] = [None] * info.world_size
-    dist.all_gather_object(out, cpu)
+    dist.all_gather_object(out, _to_cpu(obj))
     return out if info.is_main else None
 
 
@@ -190,6 +313,31 @@ def restore_rank_rng(
         return False
     restore_rng(states[info.rank], generators)
     return True
+
+
+def restore_rank_totals(
+    progress: dict, info: DistInfo, zero: dict, max_keys: Sequence[str] = ("seconds",)
+) -> dict:
+    """This rank's running totals of the epoch (or logging window) in progress.
+
+    A checkpoint keeps every rank's totals (``progress["acc_ranks"]``). With the same number of
+    processes each rank gets its own back, so the row logged at the end of the window is the
+    one of an uninterrupted run. With another number of processes (or a checkpoint that has
+    only rank 0's ``progress["acc"]``), rank 0 gets the totals over the old ranks (the maximum
+    for ``max_keys``) and the others start from ``zero``, which keeps the sums across ranks.
+    """
+    ranks = progress.get("acc_ranks")
+    if ranks is not None and len(ranks) == info.world_size:
+        return {**zero, **ranks[info.rank]}
+    if ranks is None:
+        ranks = [progress["acc"]]
+    out = dict(zero)
+    if info.rank != 0:
+        return out
+    for r in ranks:
+        for k, v in r.items():
+            out[k] = max(out.get(k, 0.0), v) if k in max_keys else out.get(k, 0.0) + v
+    return out
 
 
 # ----------------------------------------------------------------------------- checkpoints
@@ -229,26 +377,253 @@ def checkpoint_path(path_or_dir: str | os.PathLike) -> str:
     return os.path.join(p, CHECKPOINT_NAME) if os.path.isdir(p) else p
 
 
-def load_checkpoint(path_or_dir: str | os.PathLike, kind: str | None = None) -> dict:
-    """Load a checkpoint with ``torch.load(weights_only=True)`` on CPU.
+def _file_id(path: str) -> tuple[int, int, int, int]:
+    st = os.stat(path)
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+
+
+def load_checkpoint(
+    path_or_dir: str | os.PathLike, kind: str | None = None, option: str = "--resume"
+) -> dict:
+    """Load a trainer checkpoint with ``torch.load(weights_only=True)`` on CPU.
+
+    Args:
+        path_or_dir: a checkpoint file, or a run folder (its ``last.pt``).
+        kind: ``"node"`` or ``"ddpm"`` to require that trainer's checkpoint; None for either.
+        option: the command-line option named in the error messages.
+
+    Returns:
+        the checkpoint dict, plus ``"_file"``: the path and identity (device, inode, size,
+        mtime) of the file read, so a run can check that nobody replaced it before it took
+        the run folder's lock.
 
     Raises:
-        TrainingError: missing file, unreadable file, or a checkpoint of another trainer.
+        TrainingError: a one-line message for a missing, empty, truncated or damaged file, a
+            file that is not a timeaware checkpoint, or a checkpoint of the other trainer.
+            A file holding arbitrary Python objects is never unpickled (that could run code),
+            and torch's advice to load it with ``weights_only=False`` is not passed on.
     """
+    if kind not in (None, "node", "ddpm"):
+        raise ValueError(f"kind: got {kind!r}, expected None, 'node' or 'ddpm'")
     path = checkpoint_path(path_or_dir)
     if not os.path.isfile(path):
-        raise TrainingError(f"--resume: no checkpoint at {path!r}")
+        raise TrainingError(f"{option}: no checkpoint at {path!r}")
+    fid = _file_id(path)
+    size = fid[2]
+    redo = "resume from another copy of the run, or start a new run with another --out"
+    if size == 0:
+        raise TrainingError(
+            f"{option}: {path!r} is empty (0 bytes), so it holds no checkpoint (a write cut "
+            f"short by a full disk or a failed copy?); {redo}"
+        )
+    with open(path, "rb") as fh:
+        head = fh.read(4)
+    if not zipfile.is_zipfile(path):
+        if head == b"PK\x03\x04":
+            raise TrainingError(
+                f"{option}: {path!r} is truncated ({size} bytes, the end of the file is "
+                f"missing: a copy or a write cut short); {redo}"
+            )
+        raise TrainingError(
+            f"{option}: {path!r} is not a timeaware checkpoint (not a file written by "
+            f"torch.save); it was not loaded"
+        )
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - any unpickling error means the same to the user
-        raise TrainingError(f"--resume: cannot read checkpoint {path!r}: {exc}") from exc
+    except pickle.UnpicklingError as exc:
+        if "unsupported global" in str(exc).lower():  # the restricted unpickler refused one
+            raise TrainingError(
+                f"{option}: {path!r} is not a timeaware checkpoint: it holds Python objects "
+                f"other than tensors and plain containers, which trainer checkpoints never "
+                f"do. It was not loaded (unpickling a file of unknown origin can run code)"
+            ) from None
+        raise TrainingError(
+            f"{option}: {path!r} is damaged (unreadable pickle data); {redo}"
+        ) from None
+    except Exception as exc:  # noqa: BLE001 - a damaged archive fails in many ways
+        raise TrainingError(
+            f"{option}: {path!r} is damaged ({type(exc).__name__} while reading it); {redo}"
+        ) from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
-        raise TrainingError(f"--resume: {path!r} is not a timeaware trainer checkpoint")
+        raise TrainingError(
+            f"{option}: {path!r} is not a timeaware trainer checkpoint (a torch file without "
+            f"the trainer's 'format' entry)"
+        )
     if kind is not None and ckpt.get("kind") != kind:
         raise TrainingError(
-            f"--resume: {path!r} is a '{ckpt.get('kind')}' checkpoint, not a '{kind}' one"
+            f"{option}: {path!r} is a '{ckpt.get('kind')}' checkpoint, not a '{kind}' one"
         )
+    ckpt["_file"] = {"path": os.path.abspath(path), "id": list(fid)}
     return ckpt
+
+
+def nonfinite_entries(state: dict[str, dict[str, torch.Tensor]]) -> list[str]:
+    """Names (``"model.fc.weight"``) of the floating-point tensors holding NaN or Inf.
+
+    ``state`` maps a prefix to a state dict. One host sync when everything is finite."""
+    names, flags = [], []
+    for prefix, sd in state.items():
+        for k, t in sd.items():
+            if isinstance(t, torch.Tensor) and t.is_floating_point() and t.numel():
+                names.append(f"{prefix}.{k}")
+                flags.append(torch.isfinite(t).all())
+    if not flags:
+        return []
+    ok = torch.stack(flags).cpu()
+    if bool(ok.all()):
+        return []
+    return [n for n, good in zip(names, ok.tolist()) if not good]
+
+
+def grad_norm(parameters: Iterable[torch.Tensor]) -> torch.Tensor:
+    """The 2-norm of all gradients together, as a 0-d tensor on their device (no host sync);
+    NaN or Inf when any gradient holds one. Parameters without a gradient are skipped."""
+    grads = [p.grad for p in parameters if p.grad is not None]
+    if not grads:
+        return torch.zeros(())
+    return torch.nn.utils.get_total_norm(grads, norm_type=2.0)
+
+
+def stale_temporaries(run_dir: str) -> list[str]:
+    """Temporary files that a killed run leaves in its folder: ``.last.pt.tmp-<pid>``
+    (:func:`atomic_save`), ``*.json.tmp`` (:func:`write_json`), ``*.tmp.png`` (plots)."""
+    try:
+        names = os.listdir(run_dir)
+    except FileNotFoundError:
+        return []
+    out = []
+    for n in names:
+        if (n.startswith(".") and ".tmp-" in n) or n.endswith((".json.tmp", ".tmp.png")):
+            if os.path.isfile(os.path.join(run_dir, n)):
+                out.append(n)
+    return sorted(out)
+
+
+# ----------------------------------------------------------------------------- run folder
+
+
+class RunLock:
+    """An exclusive ``fcntl.flock`` on ``<run>/.lock``, held for a whole run.
+
+    The OS releases it when the process ends, however it ends (a SIGKILLed run never blocks its
+    own resume). The file holds the holder's pid, host and start time, for the message a
+    second process gets.
+    """
+
+    def __init__(self, run_dir: str):
+        self.run_dir = run_dir
+        self.path = os.path.join(run_dir, LOCK_NAME)
+        self._fh = None
+
+    def acquire(self) -> None:
+        """Create the folder if needed and take the lock.
+
+        Raises:
+            RunFolderBusy: another process holds it; the message names the folder and its pid.
+        """
+        import fcntl
+
+        os.makedirs(self.run_dir, exist_ok=True)
+        fh = open(self.path, "a+", encoding="utf-8")
+        try:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            holder = self._holder(fh)
+            fh.close()
+            raise RunFolderBusy(
+                f"run folder {self.run_dir} is in use by another timeaware run ({holder}); two "
+                f"runs in one folder would overwrite each other's last.pt and metrics.jsonl. "
+                f"Wait for it to end (or stop it), or choose another --out"
+            ) from None
+        fh.seek(0)
+        fh.truncate()
+        info = {"pid": os.getpid(), "host": socket.gethostname(), "since": time.ctime()}
+        fh.write(json.dumps(info) + "\n")
+        fh.flush()
+        self._fh = fh
+
+    def check_free(self) -> None:
+        """Raise :class:`RunFolderBusy` when another process holds the lock now (creates
+        nothing; the lock is not kept)."""
+        if os.path.isfile(self.path):
+            self.acquire()
+            self.release()
+
+    @staticmethod
+    def _holder(fh) -> str:
+        for _ in range(20):  # the holder writes its pid just after taking the lock
+            fh.seek(0)
+            text = fh.read().strip()
+            if text:
+                try:
+                    d = json.loads(text)
+                    return f"pid {d['pid']} on {d['host']}, since {d['since']}"
+                except (ValueError, KeyError, TypeError):
+                    break
+            time.sleep(0.05)
+        return "pid unknown"
+
+    def release(self) -> None:
+        """Release the lock (the file stays; it is only a lock)."""
+        if self._fh is not None:
+            import fcntl
+
+            fcntl.flock(self._fh.fileno(), fcntl.LOCK_UN)
+            self._fh.close()
+            self._fh = None
+
+
+def open_run_folder(
+    run_dir: str,
+    info: DistInfo,
+    resume: dict | None,
+    fresh_check: bool,
+    say,
+) -> RunLock | None:
+    """Start a run in ``run_dir``: create it, take its lock (rank 0), then, under the lock,
+    refuse a new run over an existing one (``fresh_check``), refuse a resume whose checkpoint
+    file was replaced after it was read, and remove temporaries of killed runs.
+
+    Collective under torch.distributed; every rank raises the same error. Returns the lock
+    (rank 0) for the caller to release at the end of the run, or None (other ranks).
+
+    Raises:
+        RunFolderBusy: another process trains in ``run_dir``.
+        TrainingError: a new run over an existing one, or a replaced checkpoint.
+    """
+    error: TrainingError | None = None
+    lock = None
+    if info.is_main:
+        lock = RunLock(run_dir)
+        try:
+            lock.acquire()
+            ckpt_file = os.path.join(run_dir, CHECKPOINT_NAME)
+            if fresh_check:
+                check_fresh_run_dir(ckpt_file, resume is not None)
+            src = (resume or {}).get("_file")
+            if src is not None and (
+                not os.path.isfile(src["path"]) or list(_file_id(src["path"])) != src["id"]
+            ):
+                raise TrainingError(
+                    f"--resume: {src['path']} was replaced after it was read (another process "
+                    f"wrote it); run the command again to resume from the new one"
+                )
+            stale = stale_temporaries(run_dir)
+            for n in stale:
+                os.remove(os.path.join(run_dir, n))
+            if stale:
+                say(f"removed temporary files of an interrupted run: {', '.join(stale)}")
+        except TrainingError as exc:
+            lock.release()
+            lock = None
+            error = exc
+    if info.distributed:
+        msg = broadcast_object(None if error is None else str(error), info)
+        if msg is not None:
+            raise error if error is not None else TrainingError(msg)
+    elif error is not None:
+        raise error
+    return lock
 
 
 # ----------------------------------------------------------------------------- signals
@@ -441,6 +816,123 @@ def default_run_dir(kind: str, tag: str) -> str:
     return os.path.join("runs", f"{kind}-{tag}-{stamp}")
 
 
+def _plain(v: Any) -> Any:
+    return json.loads(json.dumps(v))  # tuples -> lists, as in a saved config
+
+
+def resume_changes(old: dict, new: dict) -> dict[str, list]:
+    """The options a resume changed: ``{name: [checkpoint's value, new value]}`` (``out``,
+    the folder, is left out)."""
+    return {
+        k: [_plain(old.get(k)), _plain(v)]
+        for k, v in new.items()
+        if k != "out" and _plain(old.get(k)) != _plain(v)
+    }
+
+
+def config_record(cfg: Any, resumes: list[dict]) -> dict:
+    """What ``config.json`` holds: the run's options as they are now, and under ``resumed``
+    each resume that changed options (its step and ``{option: [old, new]}``)."""
+    from dataclasses import asdict
+
+    out = asdict(cfg)
+    if resumes:
+        out["resumed"] = list(resumes)
+    return out
+
+
+def _cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as fh:
+            for line in fh:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def environment(device: torch.device) -> dict:
+    """What a run's numbers depend on beyond its options: the library versions, the CPU (and
+    the vector instruction set PyTorch's CPU kernels use), the thread count, the device and
+    whether deterministic algorithms were on. Written to ``summary.json``."""
+    from importlib import metadata
+
+    versions = {}
+    for pkg in ("torch", "torchdiffeq", "numpy", "scikit-learn", "triton"):
+        try:
+            versions[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            versions[pkg] = None
+    env = {
+        "versions": {"python": platform.python_version(), **versions},
+        "platform": platform.platform(),
+        "cpu": _cpu_name(),
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "threads": torch.get_num_threads(),
+        "device": str(device),
+        "deterministic": torch.are_deterministic_algorithms_enabled(),
+    }
+    if device.type == "cuda":
+        env["device_name"] = torch.cuda.get_device_name(device)
+        env["versions"]["cuda"] = torch.version.cuda
+    return env
+
+
+def format_duration(seconds: float) -> str:
+    """``42 s``, ``12 min``, ``3.4 h``, ``12,984 h``.
+
+    Raises:
+        ValueError: ``seconds`` negative or NaN.
+    """
+    if not seconds >= 0:
+        raise ValueError(f"seconds: got {seconds!r}, expected a number >= 0")
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 5400:
+        return f"{seconds / 60:.0f} min"
+    h = seconds / 3600
+    return f"{h:.1f} h" if h < 100 else f"{h:,.0f} h"
+
+
+class SpeedReport:
+    """Prints, once, the measured seconds per step and what the rest of the run would take.
+
+    The first step (allocation, warm-up) is left out: the estimate uses steps 2..``after``.
+    On a CPU, when the rest would take more than an hour, it adds ``hint`` (where to find a
+    run that fits a CPU).
+    """
+
+    def __init__(self, say, device: torch.device, hint: str, after: int = 3):
+        self.say, self.device, self.hint, self.after = say, device, hint, max(after, 2)
+        self.seen: list[float] = []
+        self.done = False
+
+    def step(self, step: int, seconds: float, remaining: int, unit: str = "steps") -> None:
+        """Record one step's time; after ``after`` steps of this process, print the estimate."""
+        if self.done:
+            return
+        self.seen.append(seconds)
+        if len(self.seen) < self.after and remaining > 0:
+            return
+        self.done = True
+        timed = self.seen[1:] or self.seen
+        per = sum(timed) / len(timed)
+        first = step - len(timed) + 1
+        where = f"{self.device}, {torch.get_num_threads()} thread(s)"
+        if self.device.type != "cpu":
+            where = str(self.device)
+        msg = f"speed: {per:.3g} s/step (steps {first}-{step}, {where})"
+        if remaining > 0:
+            if remaining == 1:
+                unit = unit.replace("steps", "step", 1)
+            msg += f"; the remaining {remaining:,} {unit} would take about "
+            msg += format_duration(per * remaining)
+            if self.device.type == "cpu" and per * remaining > 3600:
+                msg += f". {self.hint}"
+        self.say(msg)
+
+
 # ----------------------------------------------------------------------------- backends
 
 BACKENDS = ("auto", "reference", "triton")
@@ -589,9 +1081,11 @@ def check_backend(name: str, device: torch.device) -> None:
 
 
 def check_fresh_run_dir(ckpt_file: str, resuming: bool) -> None:
-    """Refuse to start a new run over an existing run's checkpoint."""
+    """Refuse to start a new run over an existing run's checkpoint (saying so when that run is
+    still training there)."""
     if not resuming and os.path.exists(ckpt_file):
         folder = os.path.dirname(ckpt_file)
+        RunLock(folder).check_free()
         raise TrainingError(
             f"--out {folder} already holds a run ({ckpt_file}); continue it with --resume "
             f"{folder}, or choose another --out"

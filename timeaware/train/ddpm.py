@@ -11,9 +11,12 @@ time and sample quality (see :mod:`timeaware.train.quality`).
 
 from __future__ import annotations
 
+import math
 import os
+import re
 import statistics
 from collections.abc import Callable
+from contextlib import ExitStack
 from dataclasses import asdict, dataclass, fields
 
 import torch
@@ -32,10 +35,13 @@ from timeaware.data import (
 from timeaware.train.common import (
     BACKENDS,
     CHECKPOINT_NAME,
+    BadOption,
     DistInfo,
     MetricsLog,
+    Num,
     Printer,
     SolverFailed,
+    SpeedReport,
     StopSignal,
     TrainingDiverged,
     TrainingError,
@@ -45,17 +51,25 @@ from timeaware.train.common import (
     atomic_save,
     barrier,
     broadcast_object,
+    capture_rng,
     check_backend,
     check_fresh_run_dir,
+    check_numbers,
     cleanup_distributed,
     compare_backends,
+    config_record,
     default_run_dir,
+    environment,
     format_table,
-    gather_rng,
+    gather_object,
     max_param_diff_across_ranks,
+    nonfinite_entries,
+    open_run_folder,
     plot_curves,
     process_settings,
     restore_rank_rng,
+    restore_rank_totals,
+    resume_changes,
     save_image_grid,
     setup_distributed,
     timer,
@@ -136,6 +150,50 @@ class DDPMConfig:
     inject_nan_at_step: int = 0
 
 
+SEED = Num(int, 0, 2**32 - 1)
+UNIT = Num(float, 0.0, 1.0, lo_open=True, hi_open=True)
+# The type and range of every numeric option: checked in _check_config and by the CLI's parser.
+NUMBERS: dict[str, Num] = {
+    "image_size": Num(int, 1, none_ok=True),
+    "split_seed": SEED,
+    "ch": Num(int, 1),
+    "num_res_blocks": Num(int, 1),
+    "dropout": Num(float, 0.0, 1.0, hi_open=True),
+    "groups": Num(int, 1),
+    "timesteps": Num(int, 1),
+    "beta_1": UNIT,
+    "beta_T": UNIT,
+    "steps": Num(int, 1),
+    "batch_size": Num(int, 1),
+    "lr": Num(float, 0.0, lo_open=True),
+    "warmup": Num(int, 0),
+    "grad_clip": Num(float, 0.0, lo_open=True, inf_ok=True),
+    "ema_decay": Num(float, 0.0, 1.0, hi_open=True),
+    "seed": SEED,
+    "threads": Num(int, 0),
+    "ckpt_every": Num(int, 0),
+    "log_every": Num(int, 0),
+    "sample_every": Num(int, 0),
+    "sample_grid": Num(int, 0),
+    "eval_samples": Num(int, 0),
+    "eval_batch_size": Num(int, 1),
+    "ddim_steps": Num(int, 1),
+    "ode_rtol": Num(float, 0.0, lo_open=True),
+    "ode_atol": Num(float, 0.0, lo_open=True),
+    "classifier_epochs": Num(int, 1),
+    "compare_steps": Num(int, 1),
+    "compare_warmup": Num(int, 0),
+    "inject_nan_at_step": Num(int, 0),
+}
+
+# Where the warnings about a long CPU run point.
+CPU_PRESET = "cpu-small"
+CPU_HINT = (
+    f"For a DDPM run that fits a CPU (minutes): timeaware train ddpm --preset {CPU_PRESET} "
+    f"(README: 'DDPM on a CPU')"
+)
+
+
 def ddpm_config_from_dict(d: dict) -> DDPMConfig:
     """Rebuild a :class:`DDPMConfig` from its saved dict (unknown keys ignored)."""
     names = {f.name for f in fields(DDPMConfig)}
@@ -148,27 +206,32 @@ def ddpm_config_from_dict(d: dict) -> DDPMConfig:
 
 def _check_config(cfg: DDPMConfig) -> None:
     def bad(opt: str, got, expected: str) -> TrainingError:
-        return TrainingError(f"--{opt.replace('_', '-')}: got {got!r}, expected {expected}")
+        return BadOption(f"--{opt.replace('_', '-')}: got {got!r}, expected {expected}")
 
     for k, allowed in {
         "inject": INJECTS,
         "zero_bias": ZERO_BIAS,
         "backend": BACKENDS,
         "augment": ("auto", *AUGMENTATIONS),
+        "image_channels": (1, 3),
     }.items():
         if getattr(cfg, k) not in allowed:
             raise bad(k, getattr(cfg, k), f"one of {allowed}")
-    for k in ("ch", "steps", "batch_size", "timesteps", "eval_batch_size", "ddim_steps"):
-        if getattr(cfg, k) < 1:
-            raise bad(k, getattr(cfg, k), "a positive integer")
-    if cfg.eval_samples == 1 or cfg.eval_samples < 0:
+    check_numbers(cfg, NUMBERS)
+    if not cfg.ch_mult or not all(isinstance(m, int) and m >= 1 for m in cfg.ch_mult):
+        raise bad("ch_mult", cfg.ch_mult, "one or more positive integers")
+    if not all(isinstance(r, int) and r >= 1 for r in cfg.attn_resolutions):
+        raise bad("attn_resolutions", cfg.attn_resolutions, "positive integers (or none)")
+    if cfg.beta_1 > cfg.beta_T:
+        raise bad("beta_1", cfg.beta_1, f"at most --beta-T ({cfg.beta_T})")
+    if cfg.eval_samples == 1:
         raise bad("eval_samples", cfg.eval_samples, "0 (no evaluation) or at least 2")
     for s in cfg.eval_samplers:
         if s not in SAMPLERS:
             raise bad("eval_samplers", s, f"a comma-separated subset of {SAMPLERS}")
     widths = sorted({cfg.ch * m for m in cfg.ch_mult} | {cfg.ch})
     if cfg.groups < 1 or any(w % cfg.groups for w in widths):
-        raise TrainingError(
+        raise BadOption(
             f"--groups: got {cfg.groups}, which does not divide every U-Net width {widths} "
             f"(--ch {cfg.ch} times --ch-mult {','.join(map(str, cfg.ch_mult))}); GroupNorm needs "
             f"channels % groups == 0"
@@ -177,8 +240,6 @@ def _check_config(cfg: DDPMConfig) -> None:
     if cfg.image_size is not None and cfg.image_size % down:
         levels = len(cfg.ch_mult)
         raise bad("image_size", cfg.image_size, f"a multiple of {down} for {levels} levels")
-    if not 0.0 <= cfg.ema_decay < 1.0:
-        raise bad("ema_decay", cfg.ema_decay, "a value in [0, 1)")
     check_inception_weights(cfg.inception_weights)
 
 
@@ -202,7 +263,9 @@ def build_unet(cfg: DDPMConfig, data: ImageData) -> torch.nn.Module:
 
 
 class _DDPMRun:
-    def __init__(self, cfg: DDPMConfig, info: DistInfo, stop: StopSignal, resume, on_step):
+    def __init__(
+        self, cfg: DDPMConfig, info: DistInfo, stop: StopSignal, resume, on_step, stack: ExitStack
+    ):
         from timeaware.models import GaussianDiffusion
 
         if cfg.image_size is None:
@@ -223,11 +286,8 @@ class _DDPMRun:
         cfg.out = self.run_dir
         self.ckpt_file = os.path.join(self.run_dir, CHECKPOINT_NAME)
         check_backend(cfg.backend, self.dev)
-        if not cfg.compare_backends:
+        if not cfg.compare_backends:  # early, before the data load; checked again under the lock
             check_fresh_run_dir(self.ckpt_file, resume is not None)
-        if info.is_main:
-            os.makedirs(self.run_dir, exist_ok=True)
-        barrier(info)
         self.data = load_dataset(
             cfg.dataset,
             root=cfg.data_root,
@@ -235,6 +295,13 @@ class _DDPMRun:
             channels=cfg.image_channels,
             split_seed=cfg.split_seed,
         )
+        # The run starts here: the folder is created (not before, so an early error leaves
+        # nothing behind) and locked for the whole run.
+        lock = open_run_folder(
+            self.run_dir, info, resume, fresh_check=not cfg.compare_backends, say=self.say
+        )
+        if lock is not None:
+            stack.callback(lock.release)
         aug = (
             cfg.augment
             if cfg.augment != "auto"
@@ -267,15 +334,20 @@ class _DDPMRun:
             world_size=info.world_size,
         )
         self.epoch, self.batch, self.step = 0, 0, 0
+        # finished: trained AND evaluated; a run whose final evaluation failed is not finished,
+        # so resuming it runs the evaluation again.
         self.finished = False
         self.acc = self._zero_acc()
         self.last_ckpt_step: int | None = None
+        self.resumes: list[dict] = []
+        self.row_note: dict = {}  # merged into the next metrics row (an lr set on resume)
         rows: list[dict] = []
         self.eval_rows: list[dict] = []
         if resume is not None:
             self._load(resume)
             rows = resume["history"]
             self.eval_rows = list(resume.get("eval", []))
+        self.speed = SpeedReport(self.say, self.dev, CPU_HINT)
         # --compare-backends leaves a run folder's metrics and config alone
         writes = info.is_main and not cfg.compare_backends
         self.log = MetricsLog(os.path.join(self.run_dir, "metrics.jsonl"), writes, rows)
@@ -288,7 +360,7 @@ class _DDPMRun:
         self.diffusion = GaussianDiffusion(self.ddp, **diff_kw).to(self.dev)
         self.ema_diffusion = GaussianDiffusion(self.ema.module, **diff_kw).to(self.dev)
         if writes:
-            write_json(asdict(cfg), os.path.join(self.run_dir, "config.json"))
+            write_json(config_record(cfg, self.resumes), os.path.join(self.run_dir, "config.json"))
 
     @staticmethod
     def _zero_acc() -> dict:
@@ -297,7 +369,8 @@ class _DDPMRun:
     # -- state ----------------------------------------------------------------------------
 
     def _state(self) -> dict | None:
-        rng = gather_rng(self.gens, self.info)
+        # collective: every rank's RNG and running totals of the logging window in progress
+        ranks = gather_object({"rng": capture_rng(self.gens), "acc": dict(self.acc)}, self.info)
         if not self.info.is_main:
             return None
         return {
@@ -308,7 +381,7 @@ class _DDPMRun:
             "ema": self.ema.state_dict(),
             "optimizer": self.opt.state_dict(),
             "scheduler": self.sched.state_dict(),
-            "rng": rng,
+            "rng": [r["rng"] for r in ranks],
             "world_size": self.info.world_size,
             "progress": {
                 "epoch": self.epoch,
@@ -316,12 +389,25 @@ class _DDPMRun:
                 "step": self.step,
                 "finished": self.finished,
                 "acc": dict(self.acc),
+                "acc_ranks": [r["acc"] for r in ranks],
             },
             "history": list(self.log.rows),
             "eval": list(self.eval_rows),
+            "resumes": list(self.resumes),
+            "row_note": dict(self.row_note),
         }
 
     def save(self) -> None:
+        """Write last.pt atomically (rank 0). Never with non-finite weights: the last good
+        checkpoint stays as it is and the run stops."""
+        bad = nonfinite_entries(
+            {"model": unwrap(self.model).state_dict(), "ema": self.ema.state_dict()}
+        )
+        if bad:
+            raise TrainingDiverged(
+                f"weights are not finite after step {self.step} ({', '.join(bad[:3])}"
+                f"{', ...' if len(bad) > 3 else ''}); no checkpoint written. {self._last_good()}"
+            )
         state = self._state()
         if state is not None:
             atomic_save(state, self.ckpt_file)
@@ -336,10 +422,29 @@ class _DDPMRun:
         p = ckpt["progress"]
         self.epoch, self.batch, self.step = p["epoch"], p["batch"], p["step"]
         self.finished = p["finished"]
-        self.acc = dict(p["acc"])
+        self.acc = restore_rank_totals(p, self.info, self._zero_acc())
         self.last_ckpt_step = self.step
+        self.resumes = list(ckpt.get("resumes", []))
+        self.row_note = dict(ckpt.get("row_note", {}))
         restore_rank_rng(ckpt["rng"], self.gens, self.info)
         self.say(f"resumed from {self.ckpt_file} at step {self.step}")
+        changed = resume_changes(ckpt["config"], asdict(self.cfg))
+        if changed:
+            self.resumes.append({"step": self.step, "changed": changed})
+        if "lr" in changed:
+            # --lr is the base value of the warm-up schedule: lr(step) = lr * warm-up factor
+            before = self.opt.param_groups[0]["lr"]
+            factor = self.sched.lr_lambdas[0](self.sched.last_epoch)
+            self.sched.base_lrs = [self.cfg.lr for _ in self.opt.param_groups]
+            for g in self.opt.param_groups:
+                g["initial_lr"] = self.cfg.lr
+                g["lr"] = self.cfg.lr * factor
+            self.sched._last_lr = [g["lr"] for g in self.opt.param_groups]
+            self.row_note = {"lr_set_at_step": self.step, "lr_before": before}
+            self.say(
+                f"--lr {self.cfg.lr:g}: base learning rate set from {changed['lr'][0]:g} to "
+                f"{self.cfg.lr:g} from step {self.step + 1} on (now {g['lr']:g})"
+            )
 
     def _last_good(self) -> str:
         if self.last_ckpt_step is None:
@@ -358,26 +463,58 @@ class _DDPMRun:
         return x * 2.0 - 1.0
 
     def train_step(self, x0: torch.Tensor) -> tuple[float, float]:
-        """One Adam step; returns (loss, gradient norm before clipping)."""
+        """One Adam step; returns (loss, gradient norm before clipping).
+
+        One host sync: the loss and the gradient norm (which clip_grad_norm_ computes anyway)
+        are read together after the backward; the update is made only when both are finite.
+        """
         cfg = self.cfg
         self.ddp.train()
         self.opt.zero_grad(set_to_none=True)
         loss = self.diffusion.loss(x0, generator=self.gens["noise"])
         if cfg.inject_nan_at_step and self.step + 1 == cfg.inject_nan_at_step:
             loss = loss * float("nan")
-        if any_rank(not bool(torch.isfinite(loss.detach()).item()), self.info):
-            raise TrainingDiverged(
-                f"loss is {loss.item()} (not finite) at step {self.step + 1}; stopped before the "
-                f"update. {self._last_good()}"
-            )
         loss.backward()
         gn = torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
+        loss_value, gn_value = torch.stack([loss.detach().double(), gn.double()]).tolist()
+        bad = not (math.isfinite(loss_value) and math.isfinite(gn_value))
+        # DDP averages the gradients, so a non-finite loss on any rank gives a non-finite norm
+        # on every rank; any_rank keeps the ranks together even so.
+        if any_rank(bad, self.info):
+            where = f"step {self.step + 1}"
+            if any_rank(not math.isfinite(loss_value), self.info):
+                raise TrainingDiverged(
+                    f"loss is {loss_value} (not finite) at {where}; stopped before the update. "
+                    f"{self._last_good()}"
+                )
+            raise TrainingDiverged(
+                f"gradient norm is {gn_value} (not finite) at {where} while the loss "
+                f"{loss_value:.4g} is finite; stopped before the update, the weights are "
+                f"unchanged. {self._last_good()}"
+            )
         self.opt.step()
         self.sched.step()
         self.ema.update_parameters(unwrap(self.model))
-        return float(loss.detach().item()), float(gn)
+        return loss_value, gn_value
 
     # -- loop -----------------------------------------------------------------------------
+
+    def _cpu_warning(self, nparam: int) -> None:
+        sd = unwrap(self.model).state_dict()
+        model_bytes = sum(t.numel() * t.element_size() for t in sd.values())
+        ckpt_mb = 4 * model_bytes / 1e6  # weights, EMA weights, Adam's two moments
+        msg = (
+            f"note: training on the CPU: a {nparam / 1e6:.2f}M-parameter U-Net, "
+            f"{self.cfg.steps:,} steps of {self.cfg.batch_size} images; every checkpoint "
+            f"(last.pt, also written on Ctrl-C) is about {ckpt_mb:,.0f} MB."
+        )
+        if self.cfg.preset != CPU_PRESET and (nparam > 5e6 or self.cfg.steps > 20000):
+            msg += (
+                " The paper's recipe (the default) is a GPU job: on a CPU every step of this "
+                f"model takes many seconds (the time of the whole run follows after step 3). "
+                f"{CPU_HINT}."
+            )
+        self.say(msg)
 
     def run(self) -> dict:
         cfg = self.cfg
@@ -392,6 +529,8 @@ class _DDPMRun:
             f"{nparam / 1e6:.2f}M parameters, T={cfg.timesteps}, {self.info.world_size} "
             f"process(es) on {self.dev}, backend {cfg.backend}; run folder {self.run_dir}"
         )
+        if self.dev.type == "cpu" and self.step < cfg.steps:
+            self._cpu_warning(nparam)
         bar = tqdm(
             total=cfg.steps,
             initial=self.step,
@@ -412,6 +551,7 @@ class _DDPMRun:
                     a["grad_norm"] += gn
                     a["count"] += 1
                     a["seconds"] += t()
+                    self.speed.step(self.step, t(), cfg.steps - self.step)
                     bar.update(1)
                     bar.set_postfix(loss=f"{loss:.4f}")
                     self.after_step()
@@ -420,10 +560,13 @@ class _DDPMRun:
                 else:
                     self.epoch += 1
                     self.batch = 0
-        self.finished = True
         if self.acc["count"]:
             self._log_row()
-        self.save()
+        evaluates = cfg.eval_samples > 0 and bool(cfg.eval_samplers)
+        # Without an evaluation the run is finished now; with one, only once it succeeded.
+        self.finished = not evaluates
+        if self.finished or self.last_ckpt_step != self.step:  # not again for a re-evaluation
+            self.save()
         return self.finish(evaluate=True)
 
     def after_step(self) -> None:
@@ -450,7 +593,9 @@ class _DDPMRun:
             "grad_norm": gn / max(count, 1),
             "seconds_per_step": seconds / n,
             "images_per_second": self.cfg.batch_size * n / max(seconds, 1e-12),
+            **self.row_note,
         }
+        self.row_note = {}
         self.log.append(row)
         self.acc = self._zero_acc()
 
@@ -570,12 +715,57 @@ class _DDPMRun:
             r["samples"] = cfg.eval_samples if r["sampler"] != "real test split" else None
         return out
 
-    def finish(self, evaluate: bool) -> dict:
-        if evaluate:
+    def _final_evaluation(self) -> None:
+        """The final sample grid and the samplers' evaluation; then the run is finished.
+
+        Until then the checkpoint says 'not finished', so a failed evaluation (out of memory,
+        a solver failure) is run again by resuming, with the trained weights as they are."""
+        try:
             self.sample_grid("samples_final.png")
             self.eval_rows = self.evaluate()
-            if self.eval_rows:
-                self.save()  # the checkpoint also carries the evaluation
+        except KeyboardInterrupt:
+            raise
+        except Exception as exc:  # noqa: BLE001 - whatever failed, the advice is the same
+            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+            raise TrainingError(
+                f"the final evaluation failed ({type(exc).__name__}: {reason}). Training is "
+                f"complete and saved in {self.ckpt_file} (step {self.step}, not marked finished); "
+                f"run the evaluation again with: timeaware train ddpm --resume {self.run_dir} "
+                f"(e.g. with a smaller --eval-batch-size; --eval-samples 0 skips it)"
+            ) from exc
+        if not self.finished:
+            self.finished = True
+            self.save()  # finished, and the checkpoint carries the evaluation
+
+    def _sample_files(self) -> dict:
+        """The run folder's sample grids, for summary.json (those of an earlier, resumed part of
+        the run included)."""
+        try:
+            names = sorted(os.listdir(self.run_dir))
+        except FileNotFoundError:
+            names = []
+        grids, later = [], []
+        for n in names:
+            m = re.fullmatch(r"samples_step(\d+)\.png", n)
+            if m:
+                (grids if int(m.group(1)) <= self.step else later).append(n)
+        out: dict = {"during_training": grids}
+        if later:
+            out["beyond_this_step"] = later
+            out["note"] = (
+                "grids in beyond_this_step were saved by an earlier run of this folder past "
+                "the checkpoint this run resumed from; they are not of these weights"
+            )
+        if "samples_final.png" in names:
+            out["final"] = "samples_final.png"
+        per = {s: f"samples_{s}.png" for s in SAMPLERS if f"samples_{s}.png" in names}
+        if per:
+            out["per_sampler"] = per
+        return out
+
+    def finish(self, evaluate: bool) -> dict:
+        if evaluate:
+            self._final_evaluation()
         rows = self.log.rows
         summary: dict = {"run_dir": self.run_dir, "steps": self.step}
         if rows:
@@ -587,6 +777,8 @@ class _DDPMRun:
             summary["max_param_diff_across_ranks"] = diff
         summary["sampling"] = self.eval_rows
         summary["quality_note"] = NOT_INCEPTION
+        summary["sample_grids"] = self._sample_files()
+        summary["environment"] = environment(self.dev)
         if self.info.is_main:
             if rows:
                 plot_curves(
@@ -670,8 +862,8 @@ def _train(cfg, resume, on_step) -> dict:
 
     info = setup_distributed(cfg.device)
     try:
-        with StopSignal() as stop, timeaware.use_backend(cfg.backend):
-            run = _DDPMRun(cfg, info, stop, resume, on_step)
+        with ExitStack() as stack, StopSignal() as stop, timeaware.use_backend(cfg.backend):
+            run = _DDPMRun(cfg, info, stop, resume, on_step, stack)
             if cfg.compare_backends:
                 return run.compare()
             return run.run()

@@ -8,9 +8,11 @@ over the epoch's batches and over ranks) and seconds per epoch.
 
 from __future__ import annotations
 
+import math
 import os
 import statistics
 from collections.abc import Callable
+from contextlib import ExitStack
 from dataclasses import asdict, dataclass, fields
 
 import torch
@@ -29,10 +31,13 @@ from timeaware.data import (
 from timeaware.train.common import (
     BACKENDS,
     CHECKPOINT_NAME,
+    BadOption,
     DistInfo,
     MetricsLog,
+    Num,
     Printer,
     SolverFailed,
+    SpeedReport,
     StopSignal,
     TrainingDiverged,
     TrainingError,
@@ -42,17 +47,26 @@ from timeaware.train.common import (
     atomic_save,
     barrier,
     broadcast_object,
+    capture_rng,
     check_backend,
     check_fresh_run_dir,
+    check_numbers,
     cleanup_distributed,
     compare_backends,
+    config_record,
     default_run_dir,
+    environment,
     format_table,
-    gather_rng,
+    gather_object,
+    grad_norm,
     max_param_diff_across_ranks,
+    nonfinite_entries,
+    open_run_folder,
     plot_curves,
     process_settings,
     restore_rank_rng,
+    restore_rank_totals,
+    resume_changes,
     setup_distributed,
     timer,
     unwrap,
@@ -123,6 +137,41 @@ class NodeConfig:
     inject_nan_at_step: int = 0
 
 
+SEED = Num(int, 0, 2**32 - 1)
+# The type and range of every numeric option: checked in _check_config and by the CLI's parser.
+NUMBERS: dict[str, Num] = {
+    "image_size": Num(int, 4),
+    "split_seed": SEED,
+    "channels": Num(int, 1),
+    "groups": Num(int, 1, none_ok=True),
+    "dropout": Num(float, 0.0, 1.0, hi_open=True),
+    "rtol": Num(float, 0.0, lo_open=True),
+    "atol": Num(float, 0.0, lo_open=True),
+    "max_num_steps": Num(int, 0),
+    "epochs": Num(int, 1),
+    "batch_size": Num(int, 1),
+    "lr": Num(float, 0.0, lo_open=True),
+    "momentum": Num(float, 0.0),
+    "weight_decay": Num(float, 0.0),
+    "plateau_patience": Num(int, 0),
+    "plateau_factor": Num(float, 0.0, 1.0, lo_open=True, hi_open=True),
+    "seed": SEED,
+    "threads": Num(int, 0),
+    "ckpt_every_epochs": Num(int, 1),
+    "ckpt_every_steps": Num(int, 0),
+    "eval_batch_size": Num(int, 1),
+    "compare_steps": Num(int, 1),
+    "compare_warmup": Num(int, 0),
+    "inject_nan_at_step": Num(int, 0),
+}
+
+# Where the warning about a long CPU run points.
+CPU_HINT = (
+    "For a NODE run that fits a CPU (minutes), see the README section 'What the embedded "
+    "default gives': --image-size 16 --epochs 10 --threads 1"
+)
+
+
 def node_config_from_dict(d: dict) -> NodeConfig:
     """Rebuild a :class:`NodeConfig` from its saved dict (unknown keys ignored)."""
     names = {f.name for f in fields(NodeConfig)}
@@ -131,7 +180,7 @@ def node_config_from_dict(d: dict) -> NodeConfig:
 
 def _check_config(cfg: NodeConfig) -> None:
     def bad(opt: str, got, expected: str) -> TrainingError:
-        return TrainingError(f"--{opt.replace('_', '-')}: got {got!r}, expected {expected}")
+        return BadOption(f"--{opt.replace('_', '-')}: got {got!r}, expected {expected}")
 
     choices = {
         "norm": NORMS,
@@ -144,27 +193,24 @@ def _check_config(cfg: NodeConfig) -> None:
         "augment": ("auto", *AUGMENTATIONS),
         "solver": SOLVERS,
     }
+    choices["image_channels"] = (1, 3)
     for k, allowed in choices.items():
         if getattr(cfg, k) not in allowed:
             raise bad(k, getattr(cfg, k), f"one of {allowed}")
-    for k in ("channels", "epochs", "batch_size", "image_size", "eval_batch_size"):
-        if getattr(cfg, k) < 1:
-            raise bad(k, getattr(cfg, k), "a positive integer")
+    check_numbers(cfg, NUMBERS)
     if cfg.groups is not None:
         if cfg.groups < 1 or cfg.channels % cfg.groups:
-            raise TrainingError(
+            raise BadOption(
                 f"--groups: got {cfg.groups}, which does not divide --channels {cfg.channels}; "
                 f"GroupNorm needs channels % groups == 0 (e.g. one of "
                 f"{[g for g in range(1, cfg.channels + 1) if cfg.channels % g == 0]})"
             )
         if cfg.norm != "group":
-            raise TrainingError(f"--groups {cfg.groups} applies to --norm group, not {cfg.norm}")
+            raise BadOption(f"--groups {cfg.groups} applies to --norm group, not {cfg.norm}")
     if cfg.image_size % 4:
         raise bad("image_size", cfg.image_size, "a multiple of 4 (two stride-2 blocks)")
     if cfg.solver == "timeaware" and cfg.method != "dopri5":
         raise bad("method", cfg.method, "dopri5 with --solver timeaware")
-    if not 0.0 <= cfg.dropout < 1.0:
-        raise bad("dropout", cfg.dropout, "a value in [0, 1)")
 
 
 def build_node_model(cfg: NodeConfig, data: ImageData) -> torch.nn.Module:
@@ -211,7 +257,9 @@ def _nfe(model: torch.nn.Module) -> tuple[int, int]:
 
 
 class _NodeRun:
-    def __init__(self, cfg: NodeConfig, info: DistInfo, stop: StopSignal, resume, on_step):
+    def __init__(
+        self, cfg: NodeConfig, info: DistInfo, stop: StopSignal, resume, on_step, stack: ExitStack
+    ):
         _check_config(cfg)
         self.cfg, self.info, self.stop, self.on_step = cfg, info, stop, on_step
         self.dev = info.device
@@ -229,11 +277,8 @@ class _NodeRun:
         cfg.out = self.run_dir
         self.ckpt_file = os.path.join(self.run_dir, CHECKPOINT_NAME)
         check_backend(cfg.backend, self.dev)
-        if not cfg.compare_backends:
+        if not cfg.compare_backends:  # early, before the data load; checked again under the lock
             check_fresh_run_dir(self.ckpt_file, resume is not None)
-        if info.is_main:
-            os.makedirs(self.run_dir, exist_ok=True)
-        barrier(info)
 
         self.data = load_dataset(
             cfg.dataset,
@@ -242,6 +287,13 @@ class _NodeRun:
             channels=cfg.image_channels,
             split_seed=cfg.split_seed,
         )
+        # The run starts here: the folder is created (not before, so an early error leaves
+        # nothing behind) and locked for the whole run.
+        lock = open_run_folder(
+            self.run_dir, info, resume, fresh_check=not cfg.compare_backends, say=self.say
+        )
+        if lock is not None:
+            stack.callback(lock.release)
         aug_name = cfg.augment
         if aug_name == "auto":
             aug_name = "none" if cfg.dataset == "digits" else "paper"
@@ -279,9 +331,12 @@ class _NodeRun:
         self.acc = self._zero_acc()
         rows: list[dict] = []
         self.last_ckpt_step: int | None = None
+        self.resumes: list[dict] = []
+        self.row_note: dict = {}  # merged into the next metrics row (an lr set on resume)
         if resume is not None:
             self._load(resume)
             rows = resume["history"]
+        self.speed = SpeedReport(self.say, self.dev, CPU_HINT)
         # --compare-backends leaves a run folder's metrics and config alone
         writes = info.is_main and not cfg.compare_backends
         self.log = MetricsLog(os.path.join(self.run_dir, "metrics.jsonl"), writes, rows)
@@ -291,7 +346,7 @@ class _NodeRun:
         else:
             self.ddp = self.model
         if writes:
-            write_json(asdict(cfg), os.path.join(self.run_dir, "config.json"))
+            write_json(config_record(cfg, self.resumes), os.path.join(self.run_dir, "config.json"))
 
     # -- state ----------------------------------------------------------------------------
 
@@ -301,7 +356,8 @@ class _NodeRun:
         return dict.fromkeys(keys, 0.0)
 
     def _state(self) -> dict | None:
-        rng = gather_rng(self.gens, self.info)  # collective: every rank calls it
+        # collective: every rank's RNG and running totals of the epoch in progress
+        ranks = gather_object({"rng": capture_rng(self.gens), "acc": dict(self.acc)}, self.info)
         if not self.info.is_main:
             return None
         return {
@@ -311,7 +367,7 @@ class _NodeRun:
             "model": unwrap(self.model).state_dict(),
             "optimizer": self.opt.state_dict(),
             "scheduler": self.sched.state_dict(),
-            "rng": rng,
+            "rng": [r["rng"] for r in ranks],
             "world_size": self.info.world_size,
             "progress": {
                 "epoch": self.epoch,
@@ -319,11 +375,22 @@ class _NodeRun:
                 "step": self.step,
                 "finished": self.finished,
                 "acc": dict(self.acc),
+                "acc_ranks": [r["acc"] for r in ranks],
             },
             "history": list(self.log.rows),
+            "resumes": list(self.resumes),
+            "row_note": dict(self.row_note),
         }
 
     def save(self) -> None:
+        """Write last.pt atomically (rank 0). Never with non-finite weights: the last good
+        checkpoint stays as it is and the run stops."""
+        bad = nonfinite_entries({"model": unwrap(self.model).state_dict()})
+        if bad:
+            raise TrainingDiverged(
+                f"weights are not finite after step {self.step} ({', '.join(bad[:3])}"
+                f"{', ...' if len(bad) > 3 else ''}); no checkpoint written. {self._last_good()}"
+            )
         state = self._state()
         if state is not None:
             atomic_save(state, self.ckpt_file)
@@ -337,10 +404,25 @@ class _NodeRun:
         p = ckpt["progress"]
         self.epoch, self.batch, self.step = p["epoch"], p["batch"], p["step"]
         self.finished = p["finished"]
-        self.acc = dict(p["acc"])
+        self.acc = restore_rank_totals(p, self.info, self._zero_acc())
         self.last_ckpt_step = self.step
+        self.resumes = list(ckpt.get("resumes", []))
+        self.row_note = dict(ckpt.get("row_note", {}))
         restore_rank_rng(ckpt["rng"], self.gens, self.info)
         self.say(f"resumed from {self.ckpt_file} at epoch {self.epoch + 1}, step {self.step}")
+        changed = resume_changes(ckpt["config"], asdict(self.cfg))
+        if changed:
+            self.resumes.append({"step": self.step, "changed": changed})
+        if "lr" in changed:
+            before = self.opt.param_groups[0]["lr"]
+            for g in self.opt.param_groups:
+                g["lr"] = self.cfg.lr
+            self.sched._last_lr = [g["lr"] for g in self.opt.param_groups]
+            self.row_note = {"lr_set_at_step": self.step, "lr_before": before}
+            self.say(
+                f"--lr {self.cfg.lr:g}: learning rate set from {before:g} to {self.cfg.lr:g} "
+                f"from step {self.step + 1} on"
+            )
 
     # -- steps ----------------------------------------------------------------------------
 
@@ -369,9 +451,12 @@ class _NodeRun:
         loss = F.cross_entropy(logits, y)
         if cfg.inject_nan_at_step and self.step + 1 == cfg.inject_nan_at_step:
             loss = loss * float("nan")
-        if any_rank(not bool(torch.isfinite(loss.detach()).item()), self.info):
+        # Host syncs: this one (the loss must be finite before the adjoint solve), and one
+        # after the backward for the accuracy and the gradient norm together.
+        loss_value = float(loss.detach())
+        if any_rank(not math.isfinite(loss_value), self.info):
             raise TrainingDiverged(
-                f"loss is {loss.item()} (not finite) at {where}, NFE-F of this step "
+                f"loss is {loss_value} (not finite) at {where}, NFE-F of this step "
                 f"{nfe_f}; stopped before the update. {self._last_good()}"
             )
         try:
@@ -385,9 +470,19 @@ class _NodeRun:
                 f"{self._last_good()}"
             ) from exc
         nfe_b = _nfe(self.model)[1]
+        correct = (logits.detach().argmax(1) == y).sum()
+        gnorm = grad_norm(self.model.parameters()).to(correct.device)
+        correct_value, gnorm_value = torch.stack([correct.double(), gnorm.double()]).tolist()
+        # DDP averages the gradients, so every rank sees the same norm; any_rank keeps the
+        # ranks together even so.
+        if any_rank(not math.isfinite(gnorm_value), self.info):
+            raise TrainingDiverged(
+                f"gradient norm is {gnorm_value} (not finite) at {where} while the loss "
+                f"{loss_value:.4g} is finite; stopped before the update, the weights are "
+                f"unchanged. {self._last_good()}"
+            )
         self.opt.step()
-        correct = int((logits.detach().argmax(1) == y).sum().item())
-        return float(loss.detach().item()), correct, nfe_f, nfe_b
+        return loss_value, int(correct_value), nfe_f, nfe_b
 
     def _last_good(self) -> str:
         if self.last_ckpt_step is None:
@@ -483,6 +578,8 @@ class _NodeRun:
                 a["seconds"] += t()
                 self.step += 1
                 self.batch += 1
+                left = (cfg.epochs - self.epoch) * len(self.sampler) - self.batch
+                self.speed.step(self.step, t(), left, "training steps (evaluation not included)")
                 bar.update(1)
                 bar.set_postfix(loss=f"{loss:.3f}", nfe_f=nfe_f, nfe_b=nfe_b)
                 if cfg.ckpt_every_steps and self.step % cfg.ckpt_every_steps == 0:
@@ -522,7 +619,9 @@ class _NodeRun:
             "nfe_b": nfe_b / max(batches, 1),
             "epoch_seconds": seconds,
             "eval_seconds": t(),
+            **self.row_note,
         }
+        self.row_note = {}
         metric = {"train_loss": row["train_loss"], "test_loss": row["test_loss"]}
         metric["test_acc"] = row["test_acc"]
         self.sched.step(metric[self.cfg.plateau_metric])
@@ -549,6 +648,7 @@ class _NodeRun:
         if diff is not None:
             summary["world_size"] = self.info.world_size
             summary["max_param_diff_across_ranks"] = diff
+        summary["environment"] = environment(self.dev)
         if self.info.is_main and rows:
             plot_curves(
                 rows,
@@ -628,8 +728,8 @@ def _train(cfg, resume, on_step) -> dict:
 
     info = setup_distributed(cfg.device)
     try:
-        with StopSignal() as stop, timeaware.use_backend(cfg.backend):
-            run = _NodeRun(cfg, info, stop, resume, on_step)
+        with ExitStack() as stack, StopSignal() as stop, timeaware.use_backend(cfg.backend):
+            run = _NodeRun(cfg, info, stop, resume, on_step, stack)
             if cfg.compare_backends:
                 return run.compare()
             return run.run()

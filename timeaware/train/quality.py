@@ -150,6 +150,25 @@ def _train_classifier(
     return clf, acc
 
 
+def _load_classifier(path: str, data: ImageData) -> tuple[SmallClassifier, dict]:
+    blob = torch.load(path, map_location="cpu", weights_only=True)
+    if not isinstance(blob, dict) or not {"state_dict", "meta"} <= set(blob):
+        raise ValueError("not a quality-classifier file")
+    clf = SmallClassifier(data.channels, data.num_classes, data.mean, data.std)
+    clf.load_state_dict(blob["state_dict"])
+    meta = dict(blob["meta"])
+    if not isinstance(meta.get("test_acc"), float):
+        raise ValueError("its metadata has no test accuracy")
+    return clf, meta
+
+
+def _why(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    if "weights_only" in text or len(text) > 120:  # never pass on torch's unsafe advice
+        text = ""
+    return f"{type(exc).__name__}{': ' + text if text else ''}"
+
+
 def get_classifier(
     data: ImageData,
     info: DistInfo,
@@ -160,25 +179,40 @@ def get_classifier(
 ) -> tuple[SmallClassifier, dict]:
     """The dataset's quality classifier: loaded from the cache, or trained once and cached.
 
-    Rank 0 trains and writes the file (atomically); other ranks wait and load it.
-    Returns the classifier (eval mode, on ``info.device``) and its metadata (test accuracy,
-    cache file).
+    Rank 0 trains and writes the file (atomically); other ranks wait and load it. A cache
+    file that cannot be read (truncated, corrupt, or of another shape) is reported in one line
+    and rebuilt. Returns the classifier (eval mode, on ``info.device``) and its metadata (test
+    accuracy, cache file).
+
+    Raises:
+        TrainingError: the rebuilt file cannot be read either (e.g. a full disk).
     """
     cache_dir = cache_dir or default_cache_dir()
     path = _cache_file(data, cache_dir, epochs, seed)
-    if info.is_main and not os.path.isfile(path):
-        say(f"training the quality classifier once ({epochs} epochs); cache: {path}")
-        clf, acc = _train_classifier(data, info.device, epochs, seed, say)
-        meta = {"test_acc": acc, "epochs": epochs, "seed": seed, "dataset": data.name}
-        atomic_save({"state_dict": clf.state_dict(), "meta": meta}, path)
+    if info.is_main:
+        rebuild = not os.path.isfile(path)
+        if not rebuild:
+            try:
+                _load_classifier(path, data)
+            except Exception as exc:  # noqa: BLE001 - any unreadable file is rebuilt
+                say(f"quality classifier cache {path} is unreadable ({_why(exc)}); rebuilding it")
+                rebuild = True
+        if rebuild:
+            say(f"training the quality classifier once ({epochs} epochs); cache: {path}")
+            clf, acc = _train_classifier(data, info.device, epochs, seed, say)
+            meta = {"test_acc": acc, "epochs": epochs, "seed": seed, "dataset": data.name}
+            atomic_save({"state_dict": clf.state_dict(), "meta": meta}, path)
     barrier(info)
-    blob = torch.load(path, map_location="cpu", weights_only=True)
-    clf = SmallClassifier(data.channels, data.num_classes, data.mean, data.std)
-    clf.load_state_dict(blob["state_dict"])
+    try:
+        clf, meta = _load_classifier(path, data)
+    except Exception as exc:  # noqa: BLE001
+        raise TrainingError(
+            f"cannot read the quality classifier cache {path} ({_why(exc)}); delete it, check "
+            f"the disk, or choose another --classifier-cache"
+        ) from None
     clf.to(info.device).eval()
     for p in clf.parameters():
         p.requires_grad_(False)
-    meta = dict(blob["meta"])
     meta["cache_file"] = path
     return clf, meta
 
