@@ -251,3 +251,23 @@ def test_resume_at_an_epoch_boundary_marks_the_run_finished(tmp_path):
     torch.save(ck, out / "last.pt")
     assert main(["train", "node", "--resume", str(out), "--epochs", "1"]) == 0
     assert torch.load(out / "last.pt", weights_only=True)["progress"]["finished"]
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message of a CPU-only machine")
+def test_cuda_graphs_option_on_cpu_and_with_batch_norm(tmp_path, capsys):
+    rc = main(["train", "node", *NODE_ARGS, "--cuda-graphs", "--out", str(tmp_path / "a")])
+    err = capsys.readouterr().err
+    assert rc == 1 and "--cuda-graphs needs a CUDA device" in err and "Traceback" not in err
+    assert not (tmp_path / "a").exists()  # stopped before the run folder was made
+    rc = main(["train", "node", "--cuda-graphs", "--norm", "batch", "--out", str(tmp_path / "b")])
+    err = capsys.readouterr().err
+    assert rc == 1 and "--cuda-graphs: not with --norm batch" in err
+
+
+def test_cuda_graphs_reaches_the_model():
+    cfg, _ = resolve_config("node", {"preset": None, "cuda_graphs": False})
+    data = load_digits(image_size=16)
+    assert build_node_model(cfg, data).odeblock.odefunc.cuda_graphs is False
+    if torch.cuda.is_available():
+        cfg, _ = resolve_config("node", {"preset": None, "cuda_graphs": True})
+        assert build_node_model(cfg, data).odeblock.odefunc.cuda_graphs is True

@@ -44,6 +44,7 @@ _DDPM = DDPMConfig()
 # optimiser and records the change in config.json and metrics.jsonl.
 RESUMABLE = {
     "lr",
+    "cuda_graphs",  # replays the same kernels: the numbers do not change
     "epochs",
     "steps",
     "device",
@@ -331,6 +332,13 @@ def build_node_parser(sub) -> argparse.ArgumentParser:
         choices=SOLVERS,
         help="ODE solver: torchdiffeq, or timeaware (the same dopri5 steps and NFE with fused "
         "stage kernels and no host sync per step; dopri5 only)" + _d(cfg.solver),
+    )
+    m.add_argument(
+        "--cuda-graphs",
+        action=argparse.BooleanOptionalAction,
+        help="capture the ODE function's forward and backward as CUDA graphs, one per input "
+        "shape (removes the host cost of its launches; CUDA only, not with --norm batch)"
+        + _d(False),
     )
     o = p.add_argument_group("optimisation")
     o.add_argument("--epochs", type=int, help="training epochs" + _d(cfg.epochs))

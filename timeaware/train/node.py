@@ -108,6 +108,7 @@ class NodeConfig:
     adjoint: bool = True
     max_num_steps: int = 0  # 0: torchdiffeq's default (no practical limit)
     solver: str = "torchdiffeq"  # or "timeaware" (timeaware.odeint; dopri5 only)
+    cuda_graphs: bool = False  # capture the ODE function as CUDA graphs (CUDA only)
     backend: str = "auto"
     # optimisation
     epochs: int = 250
@@ -192,6 +193,7 @@ def _check_config(cfg: NodeConfig) -> None:
         "backend": BACKENDS,
         "augment": ("auto", *AUGMENTATIONS),
         "solver": SOLVERS,
+        "cuda_graphs": (False, True),
     }
     choices["image_channels"] = (1, 3)
     for k, allowed in choices.items():
@@ -211,6 +213,11 @@ def _check_config(cfg: NodeConfig) -> None:
         raise bad("image_size", cfg.image_size, "a multiple of 4 (two stride-2 blocks)")
     if cfg.solver == "timeaware" and cfg.method != "dopri5":
         raise bad("method", cfg.method, "dopri5 with --solver timeaware")
+    if cfg.cuda_graphs and cfg.norm == "batch":
+        raise BadOption(
+            "--cuda-graphs: not with --norm batch (its running statistics would be updated by "
+            "the graphs' warm-up and replayed forwards); use --norm group or --no-cuda-graphs"
+        )
 
 
 def build_node_model(cfg: NodeConfig, data: ImageData) -> torch.nn.Module:
@@ -234,6 +241,7 @@ def build_node_model(cfg: NodeConfig, data: ImageData) -> torch.nn.Module:
         atol=cfg.atol,
         adjoint=cfg.adjoint,
         options={"max_num_steps": cfg.max_num_steps} if cfg.max_num_steps > 0 else None,
+        cuda_graphs=cfg.cuda_graphs,
     )
     model.odeblock.solver = cfg.solver  # --solver (validated by _check_config)
     return model
@@ -264,6 +272,11 @@ class _NodeRun:
         self.cfg, self.info, self.stop, self.on_step = cfg, info, stop, on_step
         self.dev = info.device
         self.say = Printer(info, quiet=False)
+        if cfg.cuda_graphs and self.dev.type != "cuda":
+            raise TrainingError(
+                f"--cuda-graphs needs a CUDA device, but this run is on {self.dev} (CUDA graphs "
+                "replay kernels captured on a GPU); drop --cuda-graphs on this machine"
+            )
         if cfg.batch_size % info.world_size:
             raise TrainingError(
                 f"--batch-size {cfg.batch_size} is the global batch and must be divisible by the "
