@@ -567,3 +567,25 @@ def test_diffusion_model_is_copied_with_ema():
     d = GaussianDiffusion(small_unet(), timesteps=4)
     e = copy.deepcopy(d)
     torch.testing.assert_close(e.betas, d.betas)
+
+
+def test_pf_ode_never_evaluates_the_drift_past_its_end():
+    # An adaptive step could end below s = eps (torchdiffeq interpolates back), and its stages
+    # then saw s < 0, where sigma(s) is NaN: "underflow in dt" on a trained model. The solver
+    # now steps exactly to eps, so the model never sees a time below eps * (T - 1).
+    seen = []
+
+    class Model(nn.Module):
+        def forward(self, x, t):
+            seen.append(t.min().item())
+            return 0.5 * x
+
+    diffusion = GaussianDiffusion(Model(), timesteps=1000)
+    for tol in (1e-3, 1e-1):
+        seen.clear()
+        x, nfe = diffusion.sample_pf_ode((2, 3, 4, 4), rtol=tol, atol=tol, eps=1e-3)
+        assert torch.isfinite(x).all() and nfe == len(seen)
+        assert min(seen) >= 1e-3 * 999 * (1 - 1e-6), min(seen)
+    # options of the caller are kept, step_t included
+    x, _ = diffusion.sample_pf_ode((1, 3, 4, 4), options=dict(step_t=[0.5], max_num_steps=500))
+    assert torch.isfinite(x).all()

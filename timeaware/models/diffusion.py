@@ -273,6 +273,7 @@ class GaussianDiffusion(nn.Module):
         func = CountingFunc(_Drift())
         x = _randn(shape, generator, p.device, p.dtype)
         times = torch.tensor([1.0, eps], dtype=p.dtype, device=p.device)
+        options = _stop_at(eps, method, options, p)
         try:
             out = _odeint(False)(
                 func, x, times, rtol=rtol, atol=atol, method=method, options=options
@@ -284,3 +285,26 @@ class GaussianDiffusion(nn.Module):
             raise
         self.last_nfe = func.count
         return (out.clamp(-1, 1) if clip else out), func.count
+
+
+def _stop_at(eps: float, method: str, options: dict | None, like: Tensor) -> dict | None:
+    """``options`` with ``eps`` added to ``step_t`` for an adaptive torchdiffeq solver.
+
+    An adaptive step may otherwise end past ``eps`` (torchdiffeq interpolates back to the
+    requested time), and its stages would evaluate the drift at s < 0, where sigma(s) is
+    NaN: the solve then fails with "underflow in dt". Making the solver step exactly to ``eps``
+    keeps every evaluation in [eps, 1]. Fixed-grid methods already end on the last time.
+    """
+    from torchdiffeq._impl.odeint import SOLVERS
+    from torchdiffeq._impl.rk_common import RKAdaptiveStepsizeODESolver
+
+    solver = SOLVERS.get(method)
+    if solver is None or not issubclass(solver, RKAdaptiveStepsizeODESolver):
+        return options
+    options = dict(options or {})
+    stop = torch.tensor([eps], dtype=like.dtype, device=like.device)
+    given = options.get("step_t")
+    if given is not None:
+        stop = torch.cat([torch.as_tensor(given, dtype=like.dtype, device=like.device), stop])
+    options["step_t"] = stop
+    return options
