@@ -141,8 +141,8 @@ def _cpu_presets() -> list[Preset]:
             "ddpm",
             "not a paper row: a DDPM that trains on one CPU thread in minutes (digits at their "
             "native 8x8, one channel, a 0.65M-parameter U-Net, T = 200 with the betas scaled "
-            "to keep the paper's noise schedule, 1500 steps of 64 images; ancestral and DDIM "
-            "samples of 500 images)",
+            "to keep the paper's noise schedule, 1500 steps of 64 images; ancestral, DDIM and "
+            "probability-flow ODE samples of 500 images)",
             {
                 "image_size": 8,
                 "image_channels": 1,
@@ -165,7 +165,7 @@ def _cpu_presets() -> list[Preset]:
                 "sample_every": 500,
                 "eval_samples": 500,
                 "eval_batch_size": 500,
-                "eval_samplers": ("ancestral", "ddim"),
+                "eval_samplers": ("ancestral", "ddim", "pf-ode"),
                 "ddim_steps": 20,
                 "threads": 1,
             },
