@@ -12,13 +12,17 @@ Compiled baselines are not counted: inductor's generated code launches its kerne
 through the aten dispatcher or Triton's ``JITFunction``, so the counter would not see them. On a
 GPU the timing pass records the number of GPU activities of one call from the profiler instead
 (``gpu_kernels``), for every baseline.
+
+Under the interpreter every Triton launch copies its tensor arguments with aten ops that exist
+only on a CPU; those are left out of the counts (and reported as ``interpreter_ops``).
 """
 
 from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Callable
+from collections import Counter
+from collections.abc import Callable, Iterator
 
 import torch
 
@@ -33,6 +37,7 @@ LAUNCH_BUDGETS = {
 }
 # ... and host syncs per attempted solver step of a training step
 SYNC_PER_STEP_BUDGETS = {("node-step", "fwd+bwd"): 1}
+_SYNCS_KEY = "syncs"
 
 
 def countable(baseline: str) -> bool:
@@ -45,6 +50,29 @@ def _reset(case: Case) -> None:
         t.grad = None
 
 
+@contextlib.contextmanager
+def _inside_launches() -> Iterator[Counter]:
+    """Collect (by name) the aten ops dispatched inside Triton launches, and their host syncs
+    (under :data:`_SYNCS_KEY`): under the interpreter its copies of the kernel arguments, which
+    a GPU does not run (none on a GPU)."""
+    from timeaware.profiling import _patch_triton_run, count_launches
+
+    inner: Counter = Counter()
+
+    def wrapper(orig):
+        def run(self, *args, grid, warmup, **kwargs):
+            with count_launches() as c:
+                out = orig(self, *args, grid=grid, warmup=warmup, **kwargs)
+            inner.update(c.ops)
+            inner[_SYNCS_KEY] += c.syncs
+            return out
+
+        return run
+
+    with _patch_triton_run(wrapper):
+        yield inner
+
+
 def count_case(case: Case, mode: str, stub: bool, warmup: bool = True) -> dict:
     """Launches and syncs of one call of ``mode`` on ``case``.
 
@@ -55,8 +83,10 @@ def count_case(case: Case, mode: str, stub: bool, warmup: bool = True) -> dict:
         warmup: call once, uncounted, first (lazy initialisation, caches, Triton compilation).
 
     Returns:
-        ``launches`` (= ``triton`` + ``aten``), ``syncs``, ``ops`` (name -> count) and, for a
-        case with a solver, ``nfe``, ``steps``, ``launches_per_step`` and ``syncs_per_step``.
+        ``launches`` (= ``triton`` + ``aten``), ``syncs``, ``ops`` (name -> count),
+        ``interpreter_ops`` (aten ops inside Triton launches: the interpreter's argument
+        copies, not in ``aten``) and, for a case with a solver, ``nfe``, ``steps``,
+        ``launches_per_step`` and ``syncs_per_step``.
     """
     from timeaware.profiling import count_launches, stub_triton_launches
 
@@ -68,23 +98,28 @@ def count_case(case: Case, mode: str, stub: bool, warmup: bool = True) -> dict:
         with stub_triton_launches() if stub else contextlib.nullcontext():
             fn()
     _reset(case)
-    with count_launches(stub_triton=stub) as c:
+    with count_launches(stub_triton=stub) as c, _inside_launches() as inner:
         fn()
     _reset(case)
+    ops = Counter(c.ops)
+    ops.subtract(inner)
+    copies = sum(v for k, v in inner.items() if k.startswith("aten."))
+    aten = c.aten - copies
     out = {
-        "launches": c.launches,
+        "launches": c.triton + aten,
         "triton": c.triton,
-        "aten": c.aten,
-        "syncs": c.syncs,
+        "aten": aten,
+        "syncs": c.syncs - inner[_SYNCS_KEY],
         "stubbed": stub,
-        "ops": dict(c.ops.most_common()),
+        "interpreter_ops": copies,
+        "ops": {k: v for k, v in ops.most_common() if v > 0},
     }
     if case.steps is not None:
         steps = case.steps()
         out["nfe"] = list(case.last_nfe()) if case.last_nfe else None
         out["steps"] = steps
-        out["launches_per_step"] = c.launches / steps if steps else None
-        out["syncs_per_step"] = c.syncs / steps if steps else None
+        out["launches_per_step"] = out["launches"] / steps if steps else None
+        out["syncs_per_step"] = out["syncs"] / steps if steps else None
     return out
 
 

@@ -314,6 +314,22 @@ def test_count_fused_op_stubbed_and_budget(device):
         counting.count_case(case, "bwd", stub=True)
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the interpreter runs without CUDA only")
+def test_count_leaves_out_the_interpreters_argument_copies():
+    """Regression: a call counted with its kernels run by the Triton interpreter (node-step's
+    fused row on CPU) was charged the interpreter's copies of every kernel argument as aten
+    launches (17926 of that row's 18242), ops no GPU runs. Run for real or stubbed, the fused
+    op must count the same launches."""
+    spec = OpSpec(2, 8, 4, 4, 4, "relu", ("conv_bias", "time"), torch.float32)
+    case = build_op(spec, "fused", CPU)
+    for mode in ("fwd", "fwd+bwd"):
+        stubbed = counting.count_case(case, mode, stub=True)
+        real = counting.count_case(case, mode, stub=False, warmup=False)
+        assert stubbed["interpreter_ops"] == 0 and real["interpreter_ops"] > 0, mode
+        assert real["launches"] == stubbed["launches"], (mode, real["ops"], stubbed["ops"])
+        assert real["ops"] == stubbed["ops"] and real["syncs"] == stubbed["syncs"] == 0
+
+
 def test_count_node_step_per_solver_step():
     vs = {v.workload: v for v in variants("cpu")}
     rows = counting.count_variant(vs["node-step"], ["eager", "torchdiffeq-example"], CPU)
