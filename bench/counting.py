@@ -275,10 +275,13 @@ def count_solvers(
         when that failed) and ``budget`` (:func:`solver_budget_verdict`).
 
     Raises:
-        TypeError: ``variant`` is not a :class:`bench.workloads.Variant`.
+        TypeError: ``variant`` is not a :class:`bench.workloads.Variant`, or ``device`` not a
+            ``torch.device``.
     """
     if not isinstance(variant, Variant):
         raise TypeError(f"variant: expected a bench.workloads.Variant, got {type(variant)}")
+    if not isinstance(device, torch.device):
+        raise TypeError(f"device: expected a torch.device, got {device!r}")
     if variant.solve_problem is None:
         return []
     base = {"workload": variant.workload, "variant": variant.label, "shape": variant.shape}

@@ -1154,6 +1154,8 @@ def test_count_solvers_flags_nfe_mismatch_budget_and_failures(monkeypatch):
     assert counting.count_solvers(variants("cpu")[0], CPU) == []  # gn-node: no solver
     with pytest.raises(TypeError, match="variant"):
         counting.count_solvers("node-step", CPU)
+    with pytest.raises(TypeError, match="device"):
+        counting.count_solvers(v, "cpu")
 
 
 def test_sync_budget_is_the_timeaware_solvers():
