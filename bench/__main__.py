@@ -1,7 +1,8 @@
 """``python -m bench``: time every workload of DESIGN section 7 against every baseline.
 
 A run (1) spot-checks the Triton kernels and the eager baselines against the reference, (2)
-counts kernel launches and host syncs per call of every baseline the counter sees
+counts kernel launches and host syncs per call of every baseline the counter sees, and the
+solver's own launches and syncs per dopri5 step for torchdiffeq and for timeaware side by side
 (``bench.counting``), (3) times host overhead per call of the fused path against the eager ops it
 replaces (``bench.host``; ``--only host`` runs this alone) and (4) times every (workload, mode,
 baseline) row. On a CUDA GPU each row gets three times (device time with the L2 flushed,
@@ -12,9 +13,10 @@ it times eager PyTorch at small sizes and runs the kernels only under the Triton
 
 Writes ``<out>/<gpu-or-cpu>-<date>-<commit>.{json,md,png}`` and prints the markdown tables on
 stdout; progress lines go to stderr. ``--deadline`` (or SIGTERM) stops the measurements and still
-writes what was measured. Exits 1 when the correctness check fails or an eager or fused row, a
-count or a host row fails (a failing torch.compile row is reported, not fatal), 143 after
-SIGTERM.
+writes what was measured. Exits 1 when the correctness check fails or an eager or fused row
+(with either solver), a count, a solver row or a host row fails (a failing torch.compile or
+torchdiffeq-example row is reported, not fatal), 143 after SIGTERM. A solver NFE that differs
+from torchdiffeq's is flagged in the tables, not fatal.
 """
 
 from __future__ import annotations
@@ -96,8 +98,8 @@ def parse_args(argv=None) -> argparse.Namespace:
         type=_names("baseline", BASELINES),
         metavar="BASELINE",
         help=f"baselines to time (spaces or commas), of {', '.join(BASELINES)} (default: all "
-        "on CUDA; eager and torchdiffeq-example on CPU, where 'fused' runs the Triton "
-        "interpreter: its time is no kernel speed)",
+        f"on CUDA; {', '.join(CPU_BASELINES)} on CPU, where the fused baselines run the "
+        "Triton interpreter: their time is no kernel speed)",
     )
     p.add_argument(
         "--max-autotune",
@@ -125,8 +127,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         metavar="SECONDS",
         help="stop measuring this many seconds after the start: a row running then is "
         "interrupted, rows not started are reported as skipped, and the results are written "
-        "(rows run cheapest baseline first: eager, fused, torchdiffeq-example, compile, "
-        "compile-max)",
+        f"(rows run cheapest baseline first: {', '.join(PRIORITY)})",
     )
     args = p.parse_args(argv)
     args.only = _flatten(args.only)
@@ -318,13 +319,24 @@ class Progress:
         width = len(str(self.total))
         progress(
             f"[{self.done:>{width}}/{self.total}] {r['variant']:<28} {r['mode']:<8} "
-            f"{r['baseline']:<20} {what}"
+            f"{r['baseline']:<22} {what}"
         )
 
 
 # Rows are timed baseline by baseline in this order (eager first: the others are compared with
 # it), so that a --deadline cuts the slow-to-compile baselines, not the cheap ones.
-PRIORITY = ("eager", "fused", "torchdiffeq-example", "compile", "compile-max")
+PRIORITY = (
+    "eager",
+    "fused",
+    "fused+timeaware-solver",
+    "eager+timeaware-solver",
+    "torchdiffeq-example",
+    "compile",
+    "compile-max",
+)
+# The baselines timed on a CPU by default: plain PyTorch only (the fused ones would time the
+# Triton interpreter)
+CPU_BASELINES = ("eager", "eager+timeaware-solver", "torchdiffeq-example")
 
 
 def _count_for(counts: dict, variant, mode: str, baseline: str) -> dict | None:
@@ -526,7 +538,7 @@ def main(argv=None) -> int:
     from bench import counting, host, report, spotcheck, timing
     from bench.workloads import BASELINE_INFO, BASELINES, select, variants
 
-    timed = args.baselines or (list(BASELINES) if use_cuda else ["eager", "torchdiffeq-example"])
+    timed = args.baselines or (list(BASELINES) if use_cuda else list(CPU_BASELINES))
     timed = [b for b in BASELINES if b in timed]
     profile = ("quick" if args.quick else "full") if use_cuda else "cpu"
     settings = timing.SETTINGS["cpu-quick" if (args.quick and not use_cuda) else profile]
@@ -565,6 +577,7 @@ def main(argv=None) -> int:
     }
     spot = host_result = copy = None
     count_rows: list = []
+    solver_rows: list = []
     rows: list = []
     stopped = None
     try:
@@ -592,6 +605,9 @@ def main(argv=None) -> int:
                     )
                     count_rows += new
                     ctx["counts"].update({(r["variant"], r["mode"], r["baseline"]): r for r in new})
+                    solver_rows += counting.count_solvers(
+                        v, device, progress, interpret=not args.quick
+                    )
             if run_host:
                 progress("host overhead per call ...")
                 hs = host.HOST_SETTINGS["quick" if args.quick else "full"]
@@ -640,10 +656,14 @@ def main(argv=None) -> int:
         notes.append("Sizes are shrunk for CPU (shape column); they are not DESIGN section 7's.")
         notes.append(
             "Launch counts on CPU: the fused kernels are stubbed out (their launchers run, "
-            "the kernel does not); node-step's fused count ran the Triton interpreter for "
-            "real at the small size shown, every baseline at that size."
+            "the kernel does not), except where a solver's step control needs their values: "
+            "there they run under the Triton interpreter, at the small size shown (every "
+            "baseline at that size; the interpreter's copies of kernel arguments are not "
+            "counted): ode-solve's fused+timeaware-solver solve and the solver rows (the "
+            "function of node-step's on the reference backend); node-step's fused training "
+            "steps are not counted on CPU."
         )
-    if interp and "fused" in timed:
+    if interp and any(BASELINE_INFO[b].backend == "triton" for b in timed):
         notes.append(
             "fused rows on CPU ran the Triton interpreter: their times are not kernel "
             "speed and no speedup is computed from them."
@@ -665,6 +685,7 @@ def main(argv=None) -> int:
         "copy_same_size": sorted(ctx["copy_cache"].values(), key=lambda c: c["buffer_bytes"]),
         "spot_check": spot,
         "counts": count_rows,
+        "solver_costs": solver_rows,
         "host": host_result,
         "rows": rows,
         "stopped": stopped,
@@ -684,17 +705,16 @@ def main(argv=None) -> int:
         progress(f"chart not written: {_reason(e)}")
     progress(f"wrote {stem}.json, .md, .png in {time.perf_counter() - t_start:.0f} s")
 
-    failed = [
-        r for r in rows if r["baseline"] in ("eager", "fused") and r["status"].startswith("failed")
-    ]
-    failed += [r for r in count_rows if r["status"].startswith("failed")]
+    fatal = ("eager", "fused", "fused+timeaware-solver", "eager+timeaware-solver")
+    failed = [r for r in rows if r["baseline"] in fatal and r["status"].startswith("failed")]
+    failed += [r for r in count_rows + solver_rows if r["status"].startswith("failed")]
     if host_result:
         failed += [r for r in host_result["rows"] if r["status"].startswith("failed")]
     if spot is not None and spot.get("ok") is False:
         progress("correctness spot-check FAILED")
         return 1
     if failed:
-        progress(f"{len(failed)} eager/fused rows, counts or host rows failed")
+        progress(f"{len(failed)} eager/fused rows, counts, solver or host rows failed")
         return 1
     if stopped and stopped.startswith("terminated"):
         return 143

@@ -55,16 +55,17 @@ out=${OUT:-$root/bench/results/gpu-$(date -u +%Y-%m-%d)-$commit}
 log=$out/gpu_check.log
 
 # Stage limits in seconds. Worst case, every stage at its limit plus 10 s to die:
-# 15 + 45 + 100 + 60 + 170 + 5 x 10 = 440 s, 7.3 minutes; a normal run ends sooner.
+# 15 + 45 + 100 + 70 + 160 + 5 x 10 = 440 s, 7.3 minutes; a normal run ends sooner.
 # pytest bench times eager and fused of every workload, the two 35.7M-parameter U-Net steps
-# (ddpm-step, diffusers-unet) included. In python -m bench the compile rows run last,
+# (ddpm-step, diffusers-unet) and both solvers (node-step with timeaware's solver, ode-solve)
+# included. In python -m bench the compile rows run last, after the cheap solver rows,
 # workload by workload in table order, so the deadline cuts the U-Net compiles (diffusers-unet
 # last) before anything else; python -m bench --only diffusers-unet measures that one alone.
 t_env=15
 t_install=45
 t_tests=100
-t_bench_pytest=60
-t_bench=170
+t_bench_pytest=70
+t_bench=160
 # python -m bench stops measuring at its --deadline and then writes its files (a few seconds)
 bench_deadline=$((t_bench - 25))
 

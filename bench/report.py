@@ -19,6 +19,12 @@ from pathlib import Path
 # ("copy", f) = at least f of the bandwidth of a device copy of the row's own byte count;
 # ("nfe", None) = the same NFE-F and NFE-B as eager.
 TARGET_GROUPS = {"compile": ("compile", "compile-max")}
+# The baselines of timeaware's kernels: their rows get speedups against every other baseline
+FUSED_BASELINES = ("fused", "fused+timeaware-solver")
+# The rows that carry a workload's targets (default: fused): the first is the one judged (the
+# configuration users run); the others are shown for reference. node-step: the fused op with
+# timeaware's solver against eager + torchdiffeq, and the fused op with torchdiffeq.
+TARGET_BASELINES = {"node-step": ("fused+timeaware-solver", "fused")}
 _GN = [("eager", 2.0), ("compile", 1.2)]
 TARGETS = {
     ("gn-node", "fwd"): _GN,
@@ -39,7 +45,15 @@ SPEEDUP_COLUMNS = (
     ("compile", "vs compile"),
     ("compile-max", "vs max-autotune"),
     ("torchdiffeq-example", "vs torchdiffeq-example"),
+    ("fused", "vs fused (torchdiffeq)"),
+    ("eager+timeaware-solver", "vs eager+timeaware-solver"),
 )
+
+
+def target_baselines(workload: str) -> tuple[str, ...]:
+    """The baselines whose rows carry ``workload``'s targets, the judged one first."""
+    return TARGET_BASELINES.get(workload, ("fused",))
+
 
 NO_GPU = (
     "No CUDA GPU: kernel speedups need a CUDA GPU, so this run reports none. It times eager "
@@ -84,8 +98,8 @@ def finalize(result: dict) -> dict:
                 r["nfe_match"] = eager["nfe"] == r["nfe"]
         if not cuda or r.get("interpreter") or r["baseline"] == "eager" or not _ok(r):
             continue
-        if r["baseline"] == "fused":
-            others = [b for b, _ in SPEEDUP_COLUMNS]
+        if r["baseline"] in FUSED_BASELINES:
+            others = [b for b, _ in SPEEDUP_COLUMNS if b != r["baseline"]]
         else:
             others = ["eager"]
         for other in others:
@@ -102,15 +116,26 @@ def finalize(result: dict) -> dict:
 
 
 def _verdict(row: dict, by_key: dict, cuda: bool) -> dict | None:
-    """The target verdict of ``row``: on the fused row, or on eager when fused was not timed."""
+    """The target verdict of ``row``: on the rows of :func:`target_baselines` (``judged``
+    True on the first), or on eager when none of them was timed."""
     goals = TARGETS.get((row["workload"], row["mode"]))
-    if not goals or row["baseline"] not in ("fused", "eager"):
+    carriers = target_baselines(row["workload"])
+    if not goals or row["baseline"] not in (*carriers, "eager"):
         return None
     if row["baseline"] == "eager":
-        if (row["variant"], row["mode"], "fused") in by_key:
-            return None  # the fused row carries it
-        why = "needs a CUDA GPU" if not cuda else "fused baseline not run"
+        if any((row["variant"], row["mode"], b) in by_key for b in carriers):
+            return None  # the fused rows carry it
+        why = "needs a CUDA GPU" if not cuda else f"{carriers[0]} baseline not run"
         return {"met": None, "text": f"not measured ({why})"}
+    verdict = _judge(row, goals, cuda)
+    verdict["judged"] = row["baseline"] == carriers[0]
+    if not verdict["judged"]:
+        verdict["text"] = f"for reference (judged on {carriers[0]}): {verdict['text']}"
+    return verdict
+
+
+def _judge(row: dict, goals: list, cuda: bool) -> dict:
+    """``row`` measured against ``goals`` (see :data:`TARGETS`)."""
     if row.get("interpreter") or not cuda:
         return {"met": None, "text": "not measured (Triton interpreter, not a GPU)"}
     if not _ok(row):
@@ -299,7 +324,8 @@ def _count_lines(result: dict) -> list[str]:
         "Counted with `timeaware.profiling.count_launches` (computing aten ops + Triton "
         "launches; syncs = device-to-host reads). `stub`: the Triton kernels were stubbed out "
         "while counting (CPU). node-step: over one training step (forward solve, loss, adjoint "
-        "backward solve), divided by the attempted dopri5 steps of both solves"
+        "backward solve), divided by the attempted dopri5 steps of both solves; ode-solve: "
+        "over one solve, the field's own launches included"
         + (
             "; GPU activities: kernels, memcpy and memset of one call in `torch.profiler`."
             if timed
@@ -309,6 +335,56 @@ def _count_lines(result: dict) -> list[str]:
         _table(out, keep=("launches (triton + aten)",)),
         "",
     ]
+    return lines
+
+
+SOLVER_NOTE = (
+    "`timeaware.solvers.cost.solve_cost` on the same function and initial state for both "
+    "solvers: torchdiffeq's `odeint`/`odeint_adjoint` (dopri5) and timeaware's, on its Triton "
+    "backend (on a CPU the interpreter runs its kernels: counted, not timed). Launches and host "
+    "syncs of the solver itself over the whole solve, per attempted step: the function's own "
+    "launches (measured on one call) are subtracted, the solve's set-up is included, the "
+    "interpreter's argument copies are not counted. `backward` is the adjoint's backward solve, "
+    "of the loss sum(y(t1)), beyond the augmented function's own work (f, its VJP, one cat). "
+    "node-step's solve starts from the classifier's features of its seeded batch. "
+    "Both solvers must take "
+    "the same steps (NFE); the timeaware solver's budget (DESIGN section 8) is <= 12 launches "
+    "and <= 1 host sync per step."
+)
+
+
+def _solver_lines(result: dict) -> list[str]:
+    """The solver-cost table: torchdiffeq and timeaware side by side, per workload and solve."""
+    rows = result.get("solver_costs") or []
+    if not rows:
+        return []
+    out, differ = [], []
+    for r in rows:
+        ok = r["status"] == "ok"
+        nfe = str(r["nfe"]) if ok else r["status"]
+        if r.get("nfe_match") is False:
+            nfe += " (DIFFERS from torchdiffeq)"
+            differ.append(f"{r['variant']} {r['solve']}")
+        elif r.get("nfe_match"):
+            nfe += " (same)"
+        out.append(
+            {
+                "workload": r["variant"],
+                "counted at": r["shape"],
+                "solve": r["solve"],
+                "solver": r["solver"],
+                "NFE (vs torchdiffeq)": nfe,
+                "steps": str(r["attempted"]) if ok else "",
+                "launches / step": f"{r['launches_per_step']:.1f}" if ok else "",
+                "host syncs / step": f"{r['syncs_per_step']:.2f}" if ok else "",
+                "function launches / call": str(r["func_launches_per_call"]) if ok else "",
+                "budget (DESIGN 8)": (r.get("budget") or {}).get("text", ""),
+            }
+        )
+    lines = ["### Solver cost per attempted dopri5 step: torchdiffeq vs timeaware", ""]
+    if differ:
+        lines += [f"**NFE differs between the solvers: {', '.join(differ)}.**", ""]
+    lines += [SOLVER_NOTE, "", _table(out, keep=("NFE (vs torchdiffeq)",)), ""]
     return lines
 
 
@@ -449,6 +525,7 @@ def markdown(result: dict) -> str:
         lines += [f"- {b}, {why}: {', '.join(names)}" for (b, why), names in skipped.items()]
         lines.append("")
     lines += _count_lines(result)
+    lines += _solver_lines(result)
     lines += _host_lines(result)
     lines += _spot_lines(result.get("spot_check"))
     dyn = [
@@ -503,9 +580,13 @@ def chart(result: dict, path: Path) -> None:
     rows = result["rows"]
     dev, git = result["device"], result["git"]
     commit = git.get("short") or "no commit"
-    fused = [r for r in rows if r["baseline"] == "fused" and r.get("speedup")]
+    fused = [r for r in rows if r["baseline"] in FUSED_BASELINES and r.get("speedup")]
     if fused:
-        labels = [f"{r['variant']}\n{r['mode']}" for r in fused]
+        labels = [
+            f"{r['variant']}\n{r['mode']}"
+            + ("" if r["baseline"] == "fused" else " timeaware solver")
+            for r in fused
+        ]
         groups = [(k, h) for k, h in SPEEDUP_COLUMNS if any(k in r["speedup"] for r in fused)]
         panels = [("speedup", "device time (L2 flushed)")]
         if any(r.get("speedup_loop") for r in fused):

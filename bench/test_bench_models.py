@@ -1,5 +1,5 @@
-"""pytest-benchmark: the model workloads (odefunc, node-step, ddpm-step, diffusers-unet) of
-DESIGN section 7."""
+"""pytest-benchmark: the model and solver workloads (odefunc, node-step, ode-solve, ddpm-step,
+diffusers-unet) of DESIGN section 7."""
 
 from __future__ import annotations
 
@@ -13,8 +13,15 @@ pytestmark = pytest.mark.skipif(
     reason="benchmarks need a CUDA GPU; on CPU run `python -m bench` (eager timings + checks)",
 )
 
-BASELINES = ("eager", "compile", "fused", "torchdiffeq-example")
-ROUNDS = {"odefunc": 100, "node-step": 10, "ddpm-step": 10, "diffusers-unet": 10}
+BASELINES = (
+    "eager",
+    "compile",
+    "fused",
+    "fused+timeaware-solver",
+    "eager+timeaware-solver",
+    "torchdiffeq-example",
+)
+ROUNDS = {"odefunc": 100, "node-step": 10, "ode-solve": 20, "ddpm-step": 10, "diffusers-unet": 10}
 CASES = [
     pytest.param(v, mode, b, id=f"{v.label}-{mode}-{b}".replace(" ", "-"))
     for v in variants("full")

@@ -21,6 +21,20 @@ is seeded identically):
                          (examples/odenet_mnist.py: cat + conv + GroupNorm + ReLU), written
                          out in :class:`TorchdiffeqODEfunc`, with the state dict of
                          ``timeaware.ODEFunc``
+    fused+timeaware-solver
+                         (node-step, ode-solve) the Triton backend with timeaware's own dopri5
+                         (``timeaware.odeint`` / ``odeint_adjoint``, its fused stage kernels)
+                         instead of torchdiffeq's: ``ODEBlock(solver="timeaware")``, what a
+                         user of the fused NODE runs
+    eager+timeaware-solver
+                         (ode-solve) ``timeaware.odeint`` on its reference backend (plain
+                         PyTorch steps: what ``backend="auto"`` runs on a CPU)
+
+Every other baseline solves with torchdiffeq (``eager`` is torchdiffeq with the eager function).
+The solver is a dimension of the baselines rather than of the workloads, so that a row's
+speedups and its NFE agreement are always against ``eager`` (eager + torchdiffeq) of the same
+variant, measured in the same run: node-step's target is judged on ``fused+timeaware-solver``
+(the configuration users run) and shown on ``fused`` (fused op, torchdiffeq).
 
 Modes: ``fwd`` is the forward alone under ``torch.no_grad()`` (the adjoint solve and sampling
 run it so); ``bwd`` is ``out.backward(dy, retain_graph=True)`` on a graph built once outside the
@@ -31,6 +45,13 @@ too, on diffusers' own ``UNet2DModel`` (DDPM's CIFAR-10 architecture): eager is 
 diffusers model, compile ``torch.compile`` of it, fused the same model after
 ``timeaware.integrations.diffusers.apply(unet, backend="triton")``; without diffusers every
 baseline of it is skipped with the integration's ImportError (:attr:`Variant.unavailable`).
+``ode-solve`` is one dopri5 solve of a cheap linear field (one matmul per evaluation,
+:class:`LinearField`), so that the solver's own cost shows; its ``fwd`` is the solve.
+
+Solver cost: a variant with a :attr:`Variant.solve_problem` (node-step, ode-solve) also has its
+solve counted by ``timeaware.solvers.cost.solve_cost`` for torchdiffeq and for timeaware
+(``bench.counting.count_solvers``): NFE, launches and host syncs per attempted step of the
+solver alone, forward and adjoint backward, side by side.
 
 Adding a baseline: an entry in :data:`BASELINE_INFO`, its name in the ``baselines`` of the
 workloads it applies to (:data:`GENERIC_BASELINES` for all), its model in their builders
@@ -46,6 +67,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import importlib
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -63,10 +85,12 @@ WORKLOADS = (
     "gn-g1",
     "odefunc",
     "node-step",
+    "ode-solve",
     "ddpm-step",
     "diffusers-unet",
     "host",
 )
+SOLVERS = ("torchdiffeq", "timeaware")
 # Training steps of a whole model: their compiled baselines compile the model (no extra
 # inference-graph compile for the output comparison; no max-autotune unless asked for)
 MODEL_WORKLOADS = ("node-step", "ddpm-step", "diffusers-unet")
@@ -82,6 +106,8 @@ class Baseline:
         compile_mode: ``torch.compile`` mode, or None when the baseline is not compiled.
         compiled: whether the baseline runs through ``torch.compile``.
         description: one line for the report's notes.
+        solver: the ODE solver of the solver workloads: ``"torchdiffeq"`` or ``"timeaware"``
+            (``timeaware.odeint`` on ``backend``).
     """
 
     name: str
@@ -89,6 +115,7 @@ class Baseline:
     description: str
     compiled: bool = False
     compile_mode: str | None = None
+    solver: str = "torchdiffeq"
 
 
 BASELINE_INFO = {
@@ -121,6 +148,21 @@ BASELINE_INFO = {
             "timeaware.integrations.diffusers.apply(unet, backend='triton'))",
         ),
         Baseline(
+            "eager+timeaware-solver",
+            "reference",
+            "timeaware.odeint on its reference backend (plain PyTorch steps, what "
+            "backend='auto' runs on a CPU) with the eager function",
+            solver="timeaware",
+        ),
+        Baseline(
+            "fused+timeaware-solver",
+            "triton",
+            "timeaware's Triton backend with timeaware's dopri5 (timeaware.odeint / "
+            "odeint_adjoint on the Triton backend: fused stage kernels, step control on the "
+            "device) instead of torchdiffeq's; node-step: ODEBlock(solver='timeaware')",
+            solver="timeaware",
+        ),
+        Baseline(
             "torchdiffeq-example",
             "reference",
             "torchdiffeq's examples/odenet_mnist.py ODEfunc written out (cat + conv + "
@@ -131,6 +173,9 @@ BASELINE_INFO = {
 BASELINES = tuple(BASELINE_INFO)
 GENERIC_BASELINES = ("eager", "compile", "compile-max", "fused")
 ODE_BASELINES = (*GENERIC_BASELINES, "torchdiffeq-example")
+NODE_STEP_BASELINES = (*ODE_BASELINES, "fused+timeaware-solver")
+# a solve alone: there is no op to fuse or to compile, only the solver differs
+ODE_SOLVE_BASELINES = ("eager", "eager+timeaware-solver", "fused+timeaware-solver")
 # kept for callers of the old names
 BACKEND_OF = {name: b.backend for name, b in BASELINE_INFO.items()}
 COMPILE_MODE = {name: b.compile_mode for name, b in BASELINE_INFO.items() if b.compiled}
@@ -169,6 +214,32 @@ class Case:
     last_nfe: Callable[[], tuple[int, int]] | None = None
 
 
+@dataclass
+class SolveProblem:
+    """One ODE solve whose solver cost is counted for torchdiffeq and for timeaware.
+
+    ``bench.counting.count_solvers`` runs ``timeaware.solvers.cost.solve_cost(solver, func, y0,
+    t, rtol=rtol, atol=atol, adjoint=adjoint)`` for each solver on this same problem.
+
+    Attributes:
+        func: the ODE function ``func(t, y)``, an ``nn.Module`` (its parameters are the
+            adjoint's).
+        y0: (any shape) the initial state.
+        t: (T,) the output times.
+        rtol, atol: tolerances of the solve (and of the adjoint's backward solve).
+        adjoint: also count the adjoint's backward solve (``odeint_adjoint``).
+        shape: what the table shows in its "counted at" column.
+    """
+
+    func: nn.Module
+    y0: Tensor
+    t: Tensor
+    rtol: float
+    atol: float
+    adjoint: bool
+    shape: str
+
+
 @dataclass(frozen=True)
 class Variant:
     """One workload at one shape and dtype: a group of rows in the table.
@@ -187,6 +258,13 @@ class Variant:
         unavailable: returns why no baseline of this variant can run here (an optional
             dependency is missing), or None when they can; asked when a row is about to be
             counted or timed, not when the table is built. None: always available.
+        count_skip: (baseline, why it is not counted here) pairs: baselines that are timed
+            but whose launch count is left out of this profile (too slow to count).
+        solve_problem: builds the :class:`SolveProblem` whose solver cost is counted for
+            both solvers (``solve_problem(device)``), or None for a variant without a solver.
+        slow_interpreted: counting it on a CPU with the kernels run for real (the counts of
+            a baseline that cannot be stubbed, and of ``solve_problem``) keeps the Triton
+            interpreter busy for seconds, so ``--quick`` skips those counts there.
     """
 
     workload: str
@@ -205,6 +283,11 @@ class Variant:
     count_shape: str | None = None
     stub_ok: bool = True
     unavailable: Callable[[], str | None] | None = field(default=None, repr=False, compare=False)
+    count_skip: tuple[tuple[str, str], ...] = ()
+    solve_problem: Callable[[torch.device], SolveProblem] | None = field(
+        default=None, repr=False, compare=False
+    )
+    slow_interpreted: bool = False
 
 
 def mode_fn(case: Case, mode: str) -> Callable[[], object]:
@@ -559,29 +642,39 @@ def attempted_steps(method: str, nfe: int) -> int | None:
 
 
 # NODE classifier per baseline: its backend, whether the ODE function is replaced by
-# torchdiffeq's example (the solver, stem and head stay eager), and further NODEClassifier
-# keyword arguments (a baseline with another solver is one more entry here)
+# torchdiffeq's example (the solver, stem and head stay eager), the ODEBlock's solver (set on
+# the block after building: NODEClassifier has no solver argument), and further
+# NODEClassifier keyword arguments
 NODE_MODEL = {
     name: {
         "backend": BASELINE_INFO[name].backend,
         "example": name == "torchdiffeq-example",
+        "solver": BASELINE_INFO[name].solver,
         "kwargs": {},
     }
-    for name in ODE_BASELINES
+    for name in NODE_STEP_BASELINES
 }
 
 
-def build_node_step(
-    batch: int,
-    amp: torch.dtype | None,
-    baseline: str,
-    device: torch.device,
-    channels: int = 64,
-    image_size: int = 32,
-) -> Case:
-    """NODE classifier training step: forward solve, cross-entropy, adjoint backward solve."""
+def node_classifier(baseline: str, device: torch.device, channels: int = 64, image_size: int = 32):
+    """The seeded NODE classifier of ``baseline`` (same weights for every baseline), in training
+    mode, its ODE function compiled for the compiled baselines.
+
+    Args:
+        baseline: a key of :data:`NODE_MODEL`.
+        device: where the model lives.
+        channels: C of the ODE state; image_size: input H = W (a multiple of 4).
+
+    Returns:
+        A ``timeaware.models.NODEClassifier`` whose ``odeblock.solver`` is the baseline's.
+
+    Raises:
+        ValueError: ``baseline`` is not a node-step baseline.
+    """
     from timeaware.models import NODEClassifier
 
+    if baseline not in NODE_MODEL:
+        raise ValueError(f"baseline: got {baseline!r}, expected one of {tuple(NODE_MODEL)}")
     cfg = NODE_MODEL[baseline]
     torch.manual_seed(0)
     model = NODEClassifier(
@@ -596,16 +689,83 @@ def build_node_step(
         example = TorchdiffeqODEfunc(channels)
         example.load_state_dict(model.odeblock.odefunc.state_dict())
         model.odeblock.odefunc = example
+    model.odeblock.solver = cfg["solver"]
     model = model.to(device)
     model.train()
     _maybe_compile(model.odeblock.odefunc, baseline)
+    return model
+
+
+def _solver_backend(cfg: dict):
+    """``use_backend(cfg["backend"])`` for a timeaware solver, else nothing."""
+    if cfg["solver"] != "timeaware":
+        return contextlib.nullcontext()
+    from timeaware import use_backend
+
+    return use_backend(cfg["backend"])
+
+
+def node_solve_problem(
+    batch: int, channels: int, image_size: int, baseline: str, device: torch.device
+) -> SolveProblem:
+    """node-step's solve, for its solver-cost rows: the ODE function of ``baseline``'s NODE
+    classifier from its seeded initial state (the classifier's features of the seeded batch),
+    t = [0, 1], rtol = atol = 1e-3, adjoint (the paper's NODE setting, DESIGN section 6).
+
+    Args:
+        batch, channels, image_size: the classifier's batch and size (the state is
+            (batch, channels, image_size / 4, image_size / 4)).
+        baseline: whose ODE function (its backend): ``"eager"`` (the reference backend, cheap
+            on a CPU) or ``"fused+timeaware-solver"`` (the fused op).
+        device: where it runs.
+
+    Raises:
+        ValueError: ``batch`` not a positive int, or ``baseline`` not a node-step baseline.
+    """
+    if isinstance(batch, bool) or not isinstance(batch, int) or batch <= 0:
+        raise ValueError(f"batch: expected a positive int, got {batch!r}")
+    model = node_classifier(baseline, device, channels, image_size)
+    gen = torch.Generator(device=device).manual_seed(0)
+    x = torch.randn(batch, 3, image_size, image_size, generator=gen, device=device)
+    with torch.no_grad():
+        y0 = model.features(x)
+    s = image_size // 4
+    block = model.odeblock
+    return SolveProblem(
+        func=block.odefunc,
+        y0=y0,
+        t=torch.tensor([0.0, block.t1], device=device),
+        rtol=block.rtol,
+        atol=block.atol,
+        adjoint=block.adjoint,
+        shape=f"state {batch}x{channels}x{s}x{s}, {BASELINE_INFO[baseline].backend} ODE function",
+    )
+
+
+def build_node_step(
+    batch: int,
+    amp: torch.dtype | None,
+    baseline: str,
+    device: torch.device,
+    channels: int = 64,
+    image_size: int = 32,
+) -> Case:
+    """NODE classifier training step: forward solve, cross-entropy, adjoint backward solve.
+
+    The ODE block solves with ``NODE_MODEL[baseline]["solver"]``: torchdiffeq, or timeaware's
+    dopri5 (``model.odeblock.solver = "timeaware"``) on the baseline's backend (the forward
+    runs inside ``timeaware.use_backend(backend)``, so that the fused baseline's solver runs
+    its kernels on a CPU too, under the interpreter; on a GPU ``auto`` picks them anyway).
+    """
+    model = node_classifier(baseline, device, channels, image_size)
+    cfg = NODE_MODEL[baseline]
     gen = torch.Generator(device=device).manual_seed(0)
     x = torch.randn(batch, 3, image_size, image_size, generator=gen, device=device)
     y = torch.randint(0, 10, (batch,), generator=gen, device=device)
     params = list(model.parameters())
 
     def logits():
-        with _autocast(device, amp):
+        with _autocast(device, amp), _solver_backend(cfg):
             return model(x)
 
     def forward():
@@ -636,6 +796,163 @@ def build_node_step(
         probe=probe,
         steps=steps,
         last_nfe=lambda: _nfe_of(model.odeblock),
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# ode-solve: one dopri5 solve of a cheap field, so that the solver's own cost shows
+# --------------------------------------------------------------------------------------------
+# Tolerances and end time of ode-solve: 9 attempted steps (NFE 56) at every size used here,
+# far enough from float32 rounding (rtol ~1e-6) that both solvers take the same decisions
+ODE_SOLVE_RTOL = 1e-4
+ODE_SOLVE_ATOL = 1e-6
+ODE_SOLVE_T1 = 2.0
+ODE_SOLVE_BLOCK = 64
+
+
+class LinearField(nn.Module):
+    """The ode-solve vector field ``dy/dt = y A^T``, on blocks of ``block`` features.
+
+    ``A = S - 0.5 I`` with ``S`` antisymmetric (random, entries ~ 1/sqrt(block)): rotations
+    with a decay, so the solution is smooth and bounded. An evaluation is one matmul (one
+    launch), small next to the solver's own work per step (torchdiffeq's ~150 launches, or
+    timeaware's 8 kernels over the whole state).
+
+    Args:
+        block: B, the size of a block (the state's last dimension is a multiple of it).
+        generator: seeds the weight (a CPU generator; move the module afterwards).
+
+    Shapes:
+        t: ignored. y: (N, D) with D % B == 0. Output: (N, D).
+    """
+
+    def __init__(self, block: int = ODE_SOLVE_BLOCK, generator: torch.Generator | None = None):
+        super().__init__()
+        if isinstance(block, bool) or not isinstance(block, int) or block <= 0:
+            raise ValueError(f"block: expected a positive int, got {block!r}")
+        a = torch.randn(block, block, generator=generator) / math.sqrt(block)
+        self.weight = nn.Parameter(a - a.T - 0.5 * torch.eye(block))
+        self.block = block
+
+    def forward(self, t, y: Tensor) -> Tensor:
+        return (y.reshape(-1, self.block) @ self.weight.T).view(y.shape)
+
+
+class _CountCalls(nn.Module):
+    """``func`` with a count of its calls (as ``ODEBlock`` counts torchdiffeq's NFE)."""
+
+    def __init__(self, func: nn.Module) -> None:
+        super().__init__()
+        self.func = func
+        self.n = 0
+
+    def forward(self, t, y):
+        self.n += 1
+        return self.func(t, y)
+
+
+def _check_solve_size(n, d) -> None:
+    for name, v in (("n", n), ("d", d)):
+        if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
+            raise ValueError(f"{name}: expected a positive int, got {v!r}")
+    if d % ODE_SOLVE_BLOCK:
+        raise ValueError(f"d: got {d}, expected a multiple of {ODE_SOLVE_BLOCK}")
+
+
+def _ode_solve_inputs(n: int, d: int, device: torch.device):
+    gen = torch.Generator().manual_seed(0)
+    field = LinearField(ODE_SOLVE_BLOCK, gen).to(device)
+    y0 = torch.randn(n, d, generator=gen).to(device)
+    t = torch.tensor([0.0, ODE_SOLVE_T1], device=device)
+    return field, y0, t
+
+
+def build_ode_solve(n: int, d: int, baseline: str, device: torch.device) -> Case:
+    """One dopri5 solve of :class:`LinearField` from a seeded (n, d) state over [0, 2].
+
+    ``eager`` is ``torchdiffeq.odeint``; ``eager+timeaware-solver`` and
+    ``fused+timeaware-solver`` are ``timeaware.odeint`` with ``backend="reference"`` and
+    ``"triton"``. rtol = 1e-4, atol = 1e-6. Every solve counts its NFE the way ``ODEBlock``
+    does (torchdiffeq: a call counter around the field; timeaware: ``SolverStats``), so that
+    ``nfe``, ``steps`` and ``last_nfe`` need no extra solve.
+
+    Args:
+        n, d: the state's shape (d a multiple of 64).
+        baseline: one of :data:`ODE_SOLVE_BASELINES`.
+        device: where it runs.
+
+    Returns:
+        The :class:`Case`: ``forward`` returns the state at t = 2, (n, d); no leaves (a
+        solve alone: mode ``fwd``); ``nfe`` gives (NFE, 0).
+
+    Raises:
+        ValueError: ``n``, ``d`` not positive ints, ``d`` not a multiple of 64, or an unknown
+            ``baseline``.
+    """
+    _check_solve_size(n, d)
+    if baseline not in ODE_SOLVE_BASELINES:
+        raise ValueError(f"baseline: got {baseline!r}, expected one of {ODE_SOLVE_BASELINES}")
+    field, y0, t = _ode_solve_inputs(n, d, device)
+    info = BASELINE_INFO[baseline]
+    last = [0]
+    if info.solver == "torchdiffeq":
+        import torchdiffeq
+
+        counted = _CountCalls(field)
+
+        def forward():
+            counted.n = 0
+            out = torchdiffeq.odeint(
+                counted, y0, t, rtol=ODE_SOLVE_RTOL, atol=ODE_SOLVE_ATOL, method="dopri5"
+            )
+            last[0] = counted.n
+            return out[-1]
+
+    else:
+        from timeaware.solvers import SolverStats, odeint
+
+        def forward():
+            stats = SolverStats()
+            out = odeint(field, y0, t, rtol=ODE_SOLVE_RTOL, atol=ODE_SOLVE_ATOL,
+                         backend=info.backend, stats=stats)  # fmt: skip
+            last[0] = stats.forward.nfe
+            return out[-1]
+
+    def nfe():
+        _no_grad(forward)
+        return last[0], 0
+
+    def steps():
+        return attempted_steps("dopri5", last[0])
+
+    return Case(
+        forward=forward,
+        leaves=[],
+        cotangent=None,
+        nfe=nfe,
+        probe=lambda: _no_grad(forward),
+        steps=steps,
+        last_nfe=lambda: (last[0], 0),
+    )
+
+
+def ode_solve_problem(n: int, d: int, device: torch.device) -> SolveProblem:
+    """ode-solve's solve (the same field, state and tolerances as :func:`build_ode_solve`)
+    for its solver-cost rows; no adjoint.
+
+    Raises:
+        ValueError: as :func:`build_ode_solve`.
+    """
+    _check_solve_size(n, d)
+    field, y0, t = _ode_solve_inputs(n, d, device)
+    return SolveProblem(
+        func=field,
+        y0=y0,
+        t=t,
+        rtol=ODE_SOLVE_RTOL,
+        atol=ODE_SOLVE_ATOL,
+        adjoint=False,
+        shape=f"state {n}x{d}",
     )
 
 
@@ -825,10 +1142,20 @@ _CPU_UNET = UNetSpec(
 # same batch (1025 at batch 4, counted on CPU); the fused count differs where the full size
 # picks another kernel regime (102 Triton launches here, 111 there).
 _CPU_DIFFUSERS = {"block_out_channels": (32, 64, 64, 64), "norm_num_groups": 8, "sample_size": 16}
-# The NODE step whose launches are counted on CPU: every baseline at this size (the Triton
-# interpreter runs the fused kernels for real there, since the solver's step control needs
-# their values); on a GPU the timed size is counted.
+# The NODE step whose launches are counted on CPU (the baselines that run no Triton kernel) and
+# whose solve the solver rows count there, at this size; on a GPU the timed size is counted.
 _CPU_COUNT_NODE = {"batch": 2, "channels": 16, "image_size": 16}
+# On a CPU node-step's fused training steps are not counted: the Triton interpreter takes ~10 s
+# per step (every fused launch ~25 ms); the fused op's launches are counted (stubbed) in the
+# odefunc rows, and both solvers' launches and syncs per step in node-step's solver rows
+_CPU_NO_COUNT_NODE = (
+    "not counted on CPU (an interpreted fused training step takes ~10 s): the fused op's "
+    "launches are in the odefunc rows, the solvers' per step in the solver rows"
+)
+# ode-solve's state (N, D) per profile; on a CPU it is counted (the Triton interpreter runs the
+# solver's kernels) at the smaller _CPU_COUNT_SOLVE, with the same steps and NFE
+_ODE_SOLVE = {"full": (128, 4096), "quick": (128, 4096), "cpu": (16, 512)}
+_CPU_COUNT_SOLVE = (4, 256)
 _MODEL_MAX_AUTOTUNE = "max-autotune of a whole model compiles for too long (--max-autotune all)"
 _NO_MAX_AUTOTUNE = "max-autotune off (--quick or --max-autotune none)"
 _QUICK_UNET = "--quick: compiling the whole U-Net takes minutes"
@@ -918,12 +1245,20 @@ def variants(
     b = batch["node-step"]
     count_node = None
     count_shape = None
+    count_skip = ()
+    # the solver rows: the fused ODE function, as the users of the timeaware solver run it
+    problem = functools.partial(node_solve_problem, b, 64, 32, "fused+timeaware-solver")
     if profile == "cpu":
         k = _CPU_COUNT_NODE
         count_node = functools.partial(
             _build_node_step_kw, k["batch"], amp, k["channels"], k["image_size"]
         )
         count_shape = f"batch {k['batch']}, 3x{k['image_size']}x{k['image_size']}, C{k['channels']}"
+        count_skip = (("fused", _CPU_NO_COUNT_NODE), ("fused+timeaware-solver", _CPU_NO_COUNT_NODE))
+        # the reference ODE function: interpreted, the fused one would take seconds more
+        problem = functools.partial(
+            node_solve_problem, k["batch"], k["channels"], k["image_size"], "eager"
+        )
     out.append(
         Variant(
             "node-step",
@@ -934,11 +1269,40 @@ def variants(
             functools.partial(build_node_step, b, amp),
             "dopri5 adjoint, rtol=atol=1e-3; torch.compile wraps the ODE function",
             skips("node-step"),
-            baselines=ODE_BASELINES,
+            baselines=NODE_STEP_BASELINES,
             count_modes=("fwd+bwd",),
             count_build=count_node,
             count_shape=count_shape,
             stub_ok=False,
+            count_skip=count_skip,
+            solve_problem=problem,
+            slow_interpreted=True,
+        )
+    )
+    n, d = _ODE_SOLVE[profile]
+    count_solve = count_solve_shape = None
+    cn, cd = n, d
+    if profile == "cpu":
+        cn, cd = _CPU_COUNT_SOLVE
+        count_solve = functools.partial(build_ode_solve, cn, cd)
+        count_solve_shape = f"N{cn} D{cd}"
+    out.append(
+        Variant(
+            "ode-solve",
+            "ode-solve fp32",
+            f"N{n} D{d}",
+            "fp32",
+            ("fwd",),
+            functools.partial(build_ode_solve, n, d),
+            f"one dopri5 solve, t in [0, {ODE_SOLVE_T1:g}], rtol={ODE_SOLVE_RTOL:g} "
+            f"atol={ODE_SOLVE_ATOL:g}, of dy/dt = y A^T on blocks of {ODE_SOLVE_BLOCK} (one "
+            "matmul per evaluation); fp32 whatever --dtype says",
+            baselines=ODE_SOLVE_BASELINES,
+            count_modes=("fwd",),
+            count_build=count_solve,
+            count_shape=count_solve_shape,
+            stub_ok=False,
+            solve_problem=functools.partial(ode_solve_problem, cn, cd),
         )
     )
     unet = _CPU_UNET if profile == "cpu" else UNetSpec()

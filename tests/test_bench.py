@@ -34,19 +34,28 @@ if str(ROOT) not in sys.path:  # bench/ is not installed: it runs from the repos
 from bench import counting, host, report, spotcheck, timing  # noqa: E402
 from bench.__main__ import Stop, main, parse_args, run_baseline, stop_guard  # noqa: E402
 from bench.workloads import (  # noqa: E402
+    BASELINE_INFO,
     DIFFUSERS_INTEGRATION,
+    NODE_MODEL,
+    ODE_SOLVE_ATOL,
+    ODE_SOLVE_RTOL,
+    ODE_SOLVE_T1,
     WORKLOADS,
     Case,
+    LinearField,
     OpSpec,
+    SolveProblem,
     TorchdiffeqODEfunc,
     Variant,
     attempted_steps,
     build_diffusers_unet,
     build_node_step,
+    build_ode_solve,
     build_odefunc,
     build_op,
     diffusers_unavailable,
     eager_group_norm_act,
+    node_classifier,
     op_inputs,
     select,
     skip_reason,
@@ -312,6 +321,22 @@ def test_count_fused_op_stubbed_and_budget(device):
     assert counting.budget_verdict({**row, "baseline": "eager"}) is None
     with pytest.raises(ValueError, match="mode"):
         counting.count_case(case, "bwd", stub=True)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the interpreter runs without CUDA only")
+def test_count_leaves_out_the_interpreters_argument_copies():
+    """Regression: a call counted with its kernels run by the Triton interpreter (node-step's
+    fused row on CPU) was charged the interpreter's copies of every kernel argument as aten
+    launches (17926 of that row's 18242), ops no GPU runs. Run for real or stubbed, the fused
+    op must count the same launches."""
+    spec = OpSpec(2, 8, 4, 4, 4, "relu", ("conv_bias", "time"), torch.float32)
+    case = build_op(spec, "fused", CPU)
+    for mode in ("fwd", "fwd+bwd"):
+        stubbed = counting.count_case(case, mode, stub=True)
+        real = counting.count_case(case, mode, stub=False, warmup=False)
+        assert stubbed["interpreter_ops"] == 0 and real["interpreter_ops"] > 0, mode
+        assert real["launches"] == stubbed["launches"], (mode, real["ops"], stubbed["ops"])
+        assert real["ops"] == stubbed["ops"] and real["syncs"] == stubbed["syncs"] == 0
 
 
 def test_count_node_step_per_solver_step():
@@ -927,6 +952,338 @@ def test_diffusers_unet_target_is_ddpm_steps():
 
 
 # --------------------------------------------------------------------------------------------
+# The solver dimension: node-step and ode-solve with torchdiffeq and with timeaware's solver
+# --------------------------------------------------------------------------------------------
+NO_INTERPRETER = pytest.mark.skipif(
+    torch.cuda.is_available(), reason="CPU tensors with the Triton solver need the interpreter"
+)
+ODE_SOLVE_BASELINES = ("eager", "eager+timeaware-solver", "fused+timeaware-solver")
+
+
+def test_ode_solve_baselines_solve_the_linear_field_with_the_same_steps(device):
+    """Every ode-solve baseline integrates dy/dt = y A^T to the fp64 exact solution
+    y0 expm(t A^T) within the tolerance, with the same NFE, each with the solver it claims:
+    torchdiffeq (host syncs every step), timeaware's reference stepper (no Triton launch) and
+    timeaware's kernels (8 launches per attempted step)."""
+    from timeaware.profiling import count_launches
+
+    dev = torch.device(device)
+    n, d = 2, 128
+    out, nfe, counts = {}, {}, {}
+    for b in ODE_SOLVE_BASELINES:
+        case = build_ode_solve(n, d, b, dev)
+        with count_launches() as c:
+            out[b] = case.probe().double().cpu()
+        counts[b] = c
+        nfe[b] = case.last_nfe()
+        assert case.nfe() == nfe[b] and nfe[b][1] == 0
+        assert case.steps() == attempted_steps("dopri5", nfe[b][0]) > 0
+    gen = torch.Generator().manual_seed(0)
+    field = LinearField(64, gen)  # the builders' seeded field and state
+    y0 = torch.randn(n, d, generator=gen, dtype=torch.float32).double()
+    expm = torch.linalg.matrix_exp(ODE_SOLVE_T1 * field.weight.detach().double())
+    exact = (y0.reshape(-1, 64) @ expm.T).view(n, d)
+    scale = exact.abs().max().item()
+    for b in ODE_SOLVE_BASELINES:
+        err = (out[b] - exact).abs().max().item()
+        assert err <= 10 * (ODE_SOLVE_ATOL + ODE_SOLVE_RTOL * scale), (b, err)
+        # the same steps as torchdiffeq: the same solution up to rounding
+        assert (out[b] - out["eager"]).abs().max().item() <= 1e-5 * scale, b
+        assert nfe[b] == nfe["eager"], b
+    steps = attempted_steps("dopri5", nfe["eager"][0])
+    assert counts["eager"].triton == 0 and counts["eager"].syncs > 5 * steps
+    assert counts["eager+timeaware-solver"].triton == 0
+    assert counts["fused+timeaware-solver"].triton >= 8 * steps
+    assert counts["fused+timeaware-solver"].syncs <= steps
+
+
+def test_ode_solve_builder_checks_inputs():
+    with pytest.raises(ValueError, match="n"):
+        build_ode_solve(0, 64, "eager", CPU)
+    with pytest.raises(ValueError, match="d"):
+        build_ode_solve(2, 100, "eager", CPU)
+    with pytest.raises(ValueError, match="baseline"):
+        build_ode_solve(2, 64, "fused", CPU)  # no op to fuse: not an ode-solve baseline
+    with pytest.raises(ValueError, match="block"):
+        LinearField(0)
+
+
+def test_node_step_timeaware_solver_baseline(monkeypatch):
+    """fused+timeaware-solver is the NODE classifier with ODEBlock(solver="timeaware") on the
+    Triton backend (its solver too); every other node-step baseline solves with torchdiffeq.
+    With its backend made the reference (fast on a CPU), its training step takes torchdiffeq's
+    steps and gives torchdiffeq's loss and gradients."""
+    from bench.workloads import _solver_backend
+    from timeaware import get_backend
+
+    for b in NODE_MODEL:
+        model = node_classifier(b, CPU, channels=8, image_size=8)
+        assert model.odeblock.solver == BASELINE_INFO[b].solver, b
+        assert NODE_MODEL[b]["solver"] == (
+            "timeaware" if b == "fused+timeaware-solver" else "torchdiffeq"
+        )
+    before = get_backend()
+    with _solver_backend(NODE_MODEL["fused+timeaware-solver"]):
+        assert get_backend() == "triton"  # the solver's kernels, on a CPU too
+    with _solver_backend(NODE_MODEL["fused"]):
+        assert get_backend() == before
+    with pytest.raises(ValueError, match="baseline"):
+        node_classifier("eager+timeaware-solver", CPU)  # not a node-step baseline
+
+    cfg = {**NODE_MODEL["fused+timeaware-solver"], "backend": "reference"}
+    monkeypatch.setitem(NODE_MODEL, "fused+timeaware-solver", cfg)
+    steps = {}
+    for b in ("eager", "fused+timeaware-solver"):
+        case = build_node_step(2, None, b, CPU, channels=8, image_size=8)
+        loss = case.forward()
+        loss.backward()
+        steps[b] = (loss.detach(), [p.grad.clone() for p in case.leaves], case.last_nfe())
+    (l0, g0, nfe0), (l1, g1, nfe1) = steps["eager"], steps["fused+timeaware-solver"]
+    assert nfe1 == nfe0 and nfe0[0] > 2 and nfe0[1] > 2
+    torch.testing.assert_close(l1, l0, rtol=1e-6, atol=0)
+    for a, b in zip(g1, g0):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+
+
+@NO_INTERPRETER
+def test_solver_rows_of_node_step_on_cpu():
+    """node-step's solver rows: torchdiffeq and timeaware on the same ODE function, forward and
+    adjoint backward side by side, the same NFE; timeaware within DESIGN section 8's solver
+    budget as its rows report it, torchdiffeq far above."""
+    (v,) = select(variants("cpu"), ["node-step"])
+    rows = counting.count_solvers(v, CPU)
+    assert [(r["solve"], r["solver"]) for r in rows] == [
+        ("forward", "torchdiffeq"),
+        ("forward", "timeaware"),
+        ("backward", "torchdiffeq"),
+        ("backward", "timeaware"),
+    ]
+    for theirs, ours in (rows[:2], rows[2:]):
+        assert theirs["status"] == ours["status"] == "ok", (theirs, ours)
+        assert ours["nfe"] == theirs["nfe"] and ours["nfe_match"] is True
+        assert ours["attempted"] == theirs["attempted"] > 0
+        assert ours["func_launches_per_call"] == theirs["func_launches_per_call"] > 0
+        assert ours["launches_per_step"] == pytest.approx(ours["launches"] / ours["attempted"])
+        assert ours["launches_per_step"] <= counting.SOLVER_BUDGETS["launches_per_step"]
+        assert ours["syncs_per_step"] <= counting.SOLVER_BUDGETS["syncs_per_step"]
+        assert ours["budget"]["met"] is True and ours["budget"]["text"].startswith("met: ")
+        assert ours["masked"] == 0
+        # the counters see torchdiffeq's per-step work (~150-250 launches, ~20-40 syncs)
+        assert theirs["launches_per_step"] > 5 * counting.SOLVER_BUDGETS["launches_per_step"]
+        assert theirs["syncs_per_step"] > 5 * counting.SOLVER_BUDGETS["syncs_per_step"]
+        assert "budget" not in theirs
+    assert rows[0]["shape"] == "state 2x16x4x4, reference ODE function"
+    assert all(p.grad is None for p in v.solve_problem(CPU).func.parameters())
+    # --quick on a CPU: the interpreted adjoint takes seconds, so it is not counted
+    quick = counting.count_solvers(v, CPU, interpret=False)
+    assert [r["status"] for r in quick] == [counting._QUICK_SKIP] * 2
+
+
+def _fake_solve_cost(calls, launches=None, nfe_b=None, fail=None):
+    """Stands in for solve_cost: records whether the parameters held a grad, returns counts."""
+
+    def solve_cost(solver, func, y0, t, *, adjoint=False, **kw):
+        calls.append((solver, [p.grad is None for p in func.parameters()], kw.get("backend")))
+        if solver == fail:
+            raise RuntimeError("boom")
+        ours = solver == "timeaware"
+        per = (launches or 9.0) if ours else 150.0
+        syncs = 0.5 if ours else 20.0
+        res = {}
+        for part, nfe in (("forward", 26), ("backward", nfe_b if ours and nfe_b else 38)):
+            steps = (nfe - 2) // 6
+            res[part] = {
+                "nfe": nfe,
+                "attempted": steps,
+                "launches": per * steps,
+                "launches_per_step": per,
+                "syncs": syncs * steps,
+                "syncs_per_step": syncs,
+                "func_launches_per_call": 3,
+                "seconds": 0.1,
+            }
+            if ours:
+                res[part].update(calls=nfe, masked=0)
+        return res
+
+    return solve_cost
+
+
+def test_count_solvers_flags_nfe_mismatch_budget_and_failures(monkeypatch):
+    import timeaware.solvers.cost as cost
+
+    def problem(device):
+        field = LinearField(64, torch.Generator().manual_seed(0))
+        for p in field.parameters():
+            p.grad = torch.ones_like(p)  # left over from an earlier backward
+        problems.append(field)
+        return SolveProblem(field, torch.ones(2, 64), torch.tensor([0.0, 1.0]), 1e-3, 1e-3,
+                            True, "state 2x64")  # fmt: skip
+
+    problems = []
+    v = Variant("ode-solve", "fake", "s", "fp32", ("fwd",), None, solve_problem=problem)
+    calls = []
+    monkeypatch.setattr(cost, "solve_cost", _fake_solve_cost(calls, launches=13.0, nfe_b=44))
+    rows = counting.count_solvers(v, CPU)
+    # the adjoint's accumulation into leftover grads must not be counted as the solver's
+    assert [(s, all(fresh)) for s, fresh, _ in calls] == [
+        ("torchdiffeq", True),
+        ("timeaware", True),
+    ]
+    assert all(backend == "triton" for *_, backend in calls)
+    assert all(p.grad is None for p in problems[0].parameters())
+    assert [(r["solve"], r["solver"]) for r in rows] == [
+        ("forward", "torchdiffeq"),
+        ("forward", "timeaware"),
+        ("backward", "torchdiffeq"),
+        ("backward", "timeaware"),
+    ]
+    fwd, bwd = rows[1], rows[3]
+    assert fwd["nfe_match"] is True and bwd["nfe_match"] is False  # 44 vs torchdiffeq's 38
+    assert fwd["budget"] == {"met": False, "text": "MISSED: 13.00 launches/step > 12, "
+                                                   "0.50 syncs/step <= 1"}  # fmt: skip
+    assert all("seconds" not in r and r["shape"] == "state 2x64" for r in rows)
+    # a failing solver: its rows say why, the other's NFE is not compared
+    calls.clear()
+    monkeypatch.setattr(cost, "solve_cost", _fake_solve_cost(calls, fail="torchdiffeq"))
+    rows = counting.count_solvers(v, CPU)
+    assert [r["status"] for r in rows if r["solver"] == "torchdiffeq"] == [
+        "failed: RuntimeError: boom"
+    ] * 2
+    assert all(r["nfe_match"] is None for r in rows if r["solver"] == "timeaware")
+    assert counting.count_solvers(variants("cpu")[0], CPU) == []  # gn-node: no solver
+    with pytest.raises(TypeError, match="variant"):
+        counting.count_solvers("node-step", CPU)
+    with pytest.raises(TypeError, match="device"):
+        counting.count_solvers(v, "cpu")
+
+
+def test_sync_budget_is_the_timeaware_solvers():
+    row = {"workload": "node-step", "mode": "fwd+bwd", "status": "ok", "syncs_per_step": 0.7}
+    ours = counting.budget_verdict({**row, "baseline": "fused+timeaware-solver"})
+    assert ours == {"met": True, "text": "0.70 syncs/step <= 1"}
+    over = counting.budget_verdict(
+        {**row, "baseline": "fused+timeaware-solver", "syncs_per_step": 31.2}
+    )
+    assert over["met"] is False
+    # the fused op with torchdiffeq is not held to the solver's budget
+    assert counting.budget_verdict({**row, "baseline": "fused", "syncs_per_step": 31.2}) is None
+
+
+@NO_INTERPRETER
+def test_cli_ode_solve_rows_on_cpu(tmp_path, capsys, monkeypatch):
+    """python -m bench --only ode-solve on a CPU: torchdiffeq and timeaware's reference stepper
+    timed with the same NFE; every baseline counted, the fused solver for real under the
+    interpreter; the solver rows side by side in the markdown."""
+    monkeypatch.setenv("TRITON_INTERPRET", os.environ.get("TRITON_INTERPRET", "0"))
+    rc = main(["--quick", "--device", "cpu", "--no-check", "--only", "ode-solve",
+               "--out", str(tmp_path)])  # fmt: skip
+    assert rc == 0
+    result = json.loads(next(tmp_path.glob("*.json")).read_text())
+    timed = {r["baseline"]: r for r in result["rows"]}
+    assert set(timed) == {"eager", "eager+timeaware-solver"}  # no interpreter timing
+    for r in timed.values():
+        assert r["status"] == "ok" and r["timing"]["median_ms"] > 0 and r["speedup"] == {}
+    assert timed["eager+timeaware-solver"]["nfe"] == timed["eager"]["nfe"]
+    assert timed["eager+timeaware-solver"]["nfe_match"] is True
+    counts = {c["baseline"]: c for c in result["counts"]}
+    assert set(counts) == set(ODE_SOLVE_BASELINES)
+    for c in counts.values():
+        assert (
+            c["status"] == "ok" and c["shape"] == "N4 D256" and c["nfe"] == counts["eager"]["nfe"]
+        )
+    fused = counts["fused+timeaware-solver"]
+    assert fused["stubbed"] is False and fused["triton"] >= 8 * fused["steps"]
+    assert fused["interpreter_ops"] > 0 and fused["budget"]["met"] is True
+    assert counts["eager"]["syncs_per_step"] > 5 * fused["syncs_per_step"]
+    solver = result["solver_costs"]
+    assert [(r["solve"], r["solver"], r["status"]) for r in solver] == [
+        ("forward", "torchdiffeq", "ok"),
+        ("forward", "timeaware", "ok"),
+    ]
+    theirs, ours = solver
+    assert ours["nfe"] == theirs["nfe"] == counts["eager"]["nfe"][0] and ours["nfe_match"]
+    assert ours["launches_per_step"] <= 12 and ours["syncs_per_step"] <= 1
+    assert theirs["launches_per_step"] > 60 and theirs["syncs_per_step"] > 5
+    md = capsys.readouterr().out
+    assert "### Solver cost per attempted dopri5 step: torchdiffeq vs timeaware" in md
+    lines = md.splitlines()
+    i = next(
+        k
+        for k, line in enumerate(lines)
+        if line.startswith("| ode-solve fp32 | state 4x256 | forward | torchdiffeq |")
+    )
+    assert lines[i + 1].startswith(
+        f"| ode-solve fp32 | state 4x256 | forward | timeaware | {ours['nfe']} (same) |"
+    )
+    assert f"{ours['launches_per_step']:.1f}" in lines[i + 1] and "met: " in lines[i + 1]
+
+
+def _solver_row(solve, solver, nfe, launches, syncs, **kw):
+    return {"workload": "node-step", "variant": "node-step", "shape": "state 2x16x4x4",
+            "solver": solver, "solve": solve, "status": "ok", "nfe": nfe, "attempted": 4,
+            "launches": 4 * launches, "launches_per_step": launches, "syncs": 4 * syncs,
+            "syncs_per_step": syncs, "func_launches_per_call": 17, **kw}  # fmt: skip
+
+
+def test_report_solver_table_and_node_step_targets(tmp_path):
+    result = _gpu_result()
+    result["rows"] += [
+        _row(
+            "node-step", "node-step", "fwd+bwd", "fused+timeaware-solver", 10.0, 11, 9, nfe=[26, 38]
+        ),  # fmt: skip
+    ]
+    met = {"met": True, "text": "met: 9.25 launches/step <= 12, 0.75 syncs/step <= 1"}
+    missed = {"met": False, "text": "MISSED: 13.00 launches/step > 12, 0.75 syncs/step <= 1"}
+    result["solver_costs"] = [
+        _solver_row("forward", "torchdiffeq", 26, 167.25, 21.25),
+        _solver_row("forward", "timeaware", 26, 9.25, 0.75, nfe_match=True, budget=met),
+        _solver_row("backward", "torchdiffeq", 38, 262.6, 39.4),
+        _solver_row("backward", "timeaware", 44, 13.0, 0.75, nfe_match=False, budget=missed),
+        {
+            "workload": "ode-solve",
+            "variant": "ode-solve",
+            "shape": "s",
+            "solver": "timeaware",
+            "solve": "",
+            "status": "skipped: --quick",
+        },  # fmt: skip
+    ]
+    result = report.finalize(result)
+    by = {(r["variant"], r["baseline"]): r for r in result["rows"]}
+    ours, fused = by[("node-step", "fused+timeaware-solver")], by[("node-step", "fused")]
+    # judged on the configuration users run: 3x / 2.8x eager with eager's NFE
+    assert ours["speedup"]["eager"] == pytest.approx(3.0)
+    assert ours["speedup"]["fused"] == pytest.approx(1.5)  # the solver's own gain
+    assert ours["target"]["judged"] is True and ours["target"]["met"] is True
+    assert ours["target"]["text"] == "met: 3.00x / 2.82x vs eager >= 1.5x; same NFE"
+    # shown for the fused op with torchdiffeq (its NFE-B differs from eager's here)
+    assert fused["target"]["judged"] is False and fused["target"]["met"] is False
+    assert fused["target"]["text"].startswith("for reference (judged on fused+timeaware-solver): ")
+    assert by[("node-step", "eager")]["target"] is None
+    md = report.markdown(result)
+    assert "| vs fused (torchdiffeq) |" in md
+    assert "**NFE differs between the solvers: node-step backward.**" in md
+    lines = md.splitlines()
+    i = next(k for k, line in enumerate(lines) if "| backward | torchdiffeq | 38 |" in line)
+    assert (
+        "| backward | timeaware | 44 (DIFFERS from torchdiffeq) | 4 | 13.0 | 0.75 |" in lines[i + 1]
+    )
+    assert "MISSED: 13.00 launches/step > 12" in lines[i + 1]
+    assert "| forward | timeaware | 26 (same) | 4 | 9.2 | 0.75 | 17 | met: " in lines[i - 1]
+    assert "skipped: --quick" in md
+    report.chart(result, tmp_path / "gpu.png")
+    # without any fused row the target is not measured, and says so on eager
+    cpu = report.finalize({**_gpu_result(), "device": {"type": "cpu", "name": "CPU"}})
+    eager = next(r for r in cpu["rows"] if r["variant"] == "node-step" and r["baseline"] == "eager")
+    assert eager["target"] is None  # fused was timed: its row carries it
+    only_eager = [r for r in _gpu_result()["rows"] if r["baseline"] == "eager"]
+    res = report.finalize({**_result(only_eager), "device": {"type": "cpu", "name": "CPU"}})
+    eager = next(r for r in res["rows"] if r["variant"] == "node-step")
+    assert eager["target"]["text"] == "not measured (needs a CUDA GPU)"
+
+
+# --------------------------------------------------------------------------------------------
 # Workload table
 # --------------------------------------------------------------------------------------------
 def test_variants_follow_design_section_7():
@@ -962,6 +1319,22 @@ def test_variants_follow_design_section_7():
     assert every["diffusers-unet"].skip == ()
     cpu = {v.workload: v for v in variants("cpu")}["diffusers-unet"]
     assert cpu.label == "diffusers-unet fp32" and cpu.shape.startswith("batch 4,")
+    # the solver dimension: node-step with timeaware's solver, and a solve alone
+    node, solve = by["node-step"], by["ode-solve"]
+    assert node.baselines == (*ODE_SOLVE_BASELINES[:1], "compile", "compile-max", "fused",
+                              "torchdiffeq-example", "fused+timeaware-solver")  # fmt: skip
+    assert node.solve_problem is not None and node.slow_interpreted and node.count_skip == ()
+    assert solve.label == "ode-solve fp32" and solve.shape == "N128 D4096"
+    assert solve.baselines == ODE_SOLVE_BASELINES and solve.modes == ("fwd",)
+    assert solve.solve_problem is not None and not solve.stub_ok and not solve.slow_interpreted
+    assert [v.label for v in variants("full", dtype="bf16") if v.workload == "ode-solve"] == [
+        "ode-solve fp32"  # the solver runs float32/float64 states
+    ]
+    cpu = {v.workload: v for v in variants("cpu")}
+    assert cpu["ode-solve"].shape == "N16 D512" and cpu["ode-solve"].count_shape == "N4 D256"
+    assert dict(cpu["node-step"].count_skip).keys() == {"fused", "fused+timeaware-solver"}
+    assert {BASELINE_INFO[b].solver for b in ODE_SOLVE_BASELINES[1:]} == {"timeaware"}
+    assert BASELINE_INFO["fused"].solver == BASELINE_INFO["eager"].solver == "torchdiffeq"
 
 
 # --------------------------------------------------------------------------------------------
