@@ -87,3 +87,13 @@ def test_copies_inside_a_custom_op_are_counted():
         _copies(x)
     # clone (contiguous), _to_copy (to float64), mul
     assert c.aten == 3, c.summary()
+
+
+def test_an_op_with_its_own_kernel_counts_once():
+    # silu_backward has a composite definition too, but runs its own kernel: one launch
+    x = torch.randn(2, 3, requires_grad=True)
+    y = torch.nn.functional.silu(x)
+    dy = torch.randn(2, 3)
+    with count_launches() as c:
+        torch.autograd.backward(y, dy)
+    assert c.ops["aten.silu_backward.default"] == 1 and c.aten == 1, c.summary()

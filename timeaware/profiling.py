@@ -100,7 +100,7 @@ class _AtenCounter(TorchDispatchMode):
             # so that the aten ops it calls are counted too
             with self:
                 return opdef._init_fn(*args, **kwargs)
-        if torch._C._dispatch_has_kernel_for_dispatch_key(func.name(), "CompositeImplicitAutograd"):
+        if _only_composite(func.name()):
             # reached below autograd (inside a custom op): a composite such as
             # ``contiguous`` or ``to`` comes here whole; count the ops it is made of
             with self:
@@ -114,6 +114,22 @@ class _AtenCounter(TorchDispatchMode):
                 self.count.aten += 1
                 self.count.ops[f"aten.{name}"] += 1
         return func(*args, **kwargs)
+
+
+_KERNEL_KEYS = (
+    "CPU",
+    "CUDA",
+    "CompositeExplicitAutograd",
+    "CompositeExplicitAutogradNonFunctional",
+)
+
+
+def _only_composite(name: str) -> bool:
+    """Whether ``name`` runs as a composite of other ops (a CompositeImplicitAutograd kernel and
+    no kernel of its own, as ``contiguous`` or ``to``); ``silu_backward`` has both and runs its
+    own kernel."""
+    has = torch._C._dispatch_has_kernel_for_dispatch_key
+    return has(name, "CompositeImplicitAutograd") and not any(has(name, k) for k in _KERNEL_KEYS)
 
 
 def _custom_opdef(func):
