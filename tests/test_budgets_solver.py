@@ -105,3 +105,20 @@ def test_an_attempt_is_eight_kernels_and_nothing_else():
     assert c.triton == 8 * runs + 4
     assert c.syncs == s.polls <= s.attempted
     assert len(f_calls) == s.calls
+
+
+def test_existing_gradients_are_not_counted_and_are_kept():
+    # gradients already on the parameters would make the adjoint's backward accumulate into
+    # them (one add per parameter): solve_cost sets them aside, so the count is the same, and
+    # puts them back unchanged
+    torch.manual_seed(0)
+    f = MLP()
+    y0 = torch.randn(4, 16)
+    t = torch.tensor([0.0, 1.0])
+    kw = dict(rtol=1e-4, atol=1e-6, adjoint=True)
+    clean = solve_cost("torchdiffeq", f, y0, t, **kw)["backward"]
+    for p in f.parameters():
+        p.grad = torch.full_like(p, 3.0)
+    dirty = solve_cost("torchdiffeq", f, y0, t, **kw)["backward"]
+    assert dirty["launches"] == clean["launches"]
+    assert all(torch.equal(p.grad, torch.full_like(p, 3.0)) for p in f.parameters())

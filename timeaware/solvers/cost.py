@@ -82,7 +82,8 @@ def solve_cost(
         y0: (any shape) initial state; t: (T,) times.
         adjoint: also run ``sum(out).backward()`` through ``odeint_adjoint`` and count the
             backward solves; the augmented function's own work per call (``func`` forward, its
-            VJP with cotangent ``-adj``, one ``cat``) is measured once and subtracted.
+            VJP with cotangent ``-adj``, one ``cat``) is measured once and subtracted. The
+            parameters' ``.grad`` are set aside for the measurement and put back after it.
         **kwargs: passed to ``odeint``/``odeint_adjoint`` (rtol, atol, options, backend, ...).
 
     Returns:
@@ -139,7 +140,16 @@ def solve_cost(
 
         _, at, aa, _, _ = _counted(aug_once)
         calls.n = 0
-        _, tri, aten, syncs, sec = _counted(lambda: out.sum().backward())
+        # .grad set aside: accumulating into an existing gradient would count as solver work
+        all_params = list(func.parameters())
+        saved = [q.grad for q in all_params]
+        for q in all_params:
+            q.grad = None
+        try:
+            _, tri, aten, syncs, sec = _counted(lambda: out.sum().backward())
+        finally:
+            for q, g in zip(all_params, saved):
+                q.grad = g
         solves = t.numel() - 1
         res["backward"] = _row(solver, stats.backward, calls.n, solves, tri, aten, syncs, sec,
                                at + aa)  # fmt: skip
