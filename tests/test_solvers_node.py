@@ -12,6 +12,8 @@ import json
 
 import pytest
 import torch
+from helpers import NODE_TINY as _NODE
+from helpers import tiny
 from torch import nn
 
 import timeaware
@@ -22,8 +24,7 @@ from timeaware.train.cli import main
 CLI_TINY = ["--channels", "4", "--groups", "2", "--image-size", "8", "--batch-size", "256",
             "--epochs", "1", "--backend", "reference", "--threads", "1",
             "--no-progress"]  # fmt: skip
-NODE_TINY = dict(channels=4, groups=2, image_size=8, batch_size=256, epochs=1,
-                 backend="reference", threads=1, progress=False)  # fmt: skip
+NODE_TINY = tiny(_NODE, epochs=1)
 
 
 def _run_block(solver: str, adjoint: bool, backend: str | None = None, tol: float = 1e-5):

@@ -12,6 +12,7 @@ import signal
 
 import pytest
 import torch
+from helpers import DDPM_TINY, NODE_TINY
 
 from timeaware.train import (
     DDPMConfig,
@@ -27,38 +28,6 @@ from timeaware.train import (
 from timeaware.train.common import atomic_save
 from timeaware.train.ddpm import ddpm_config_from_dict
 from timeaware.train.node import node_config_from_dict
-
-# 1437 train images, batch 256 -> 5 steps per epoch; 8x8 images -> a 2x2 ODE state.
-NODE_TINY = dict(
-    channels=4,
-    groups=2,
-    image_size=8,
-    batch_size=256,
-    epochs=2,
-    backend="reference",
-    threads=1,
-    progress=False,
-)
-DDPM_TINY = dict(
-    ch=8,
-    ch_mult=(1, 2),
-    num_res_blocks=1,
-    attn_resolutions=(4,),
-    groups=4,
-    image_size=8,
-    timesteps=10,
-    batch_size=32,
-    steps=6,
-    warmup=2,
-    log_every=2,
-    sample_every=0,
-    sample_grid=4,
-    ckpt_every=3,
-    eval_samples=0,
-    backend="reference",
-    threads=1,
-    progress=False,
-)
 
 
 def _sha(path) -> str:

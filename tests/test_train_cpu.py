@@ -8,6 +8,8 @@ import re
 
 import pytest
 import torch
+from helpers import DDPM_TINY as _DDPM
+from helpers import tiny
 
 from timeaware.data import load_digits
 from timeaware.train import DDPMConfig, NodeConfig, train_ddpm, train_node
@@ -15,23 +17,7 @@ from timeaware.train import ddpm as ddpm_mod
 from timeaware.train.cli import resolve_config
 from timeaware.train.ddpm import build_unet
 
-DDPM_TINY = dict(
-    ch=8,
-    ch_mult=(1, 2),
-    num_res_blocks=1,
-    attn_resolutions=(4,),
-    groups=4,
-    image_size=8,
-    timesteps=10,
-    batch_size=32,
-    warmup=2,
-    sample_every=0,
-    ckpt_every=0,
-    eval_samples=0,
-    backend="reference",
-    threads=1,
-    progress=False,
-)
+DDPM_TINY = tiny(_DDPM, steps=None, log_every=None, sample_grid=None, ckpt_every=0)
 
 
 class _Stop(Exception):

@@ -5,30 +5,14 @@ from __future__ import annotations
 import random
 
 import torch
+from helpers import DDPM_TINY as _DDPM
+from helpers import tiny
 
 from timeaware.train import DDPMConfig, load_checkpoint, train_ddpm
 from timeaware.train import ddpm as ddpm_mod
 from timeaware.train.common import atomic_save, capture_rng, restore_rng
 
-DDPM_TINY = dict(
-    ch=8,
-    ch_mult=(1, 2),
-    num_res_blocks=1,
-    attn_resolutions=(4,),
-    groups=4,
-    image_size=8,
-    timesteps=10,
-    batch_size=32,
-    warmup=1,
-    lr=1e-3,
-    log_every=0,
-    sample_every=0,
-    ckpt_every=0,
-    eval_samples=0,
-    backend="reference",
-    threads=1,
-    progress=False,
-)
+DDPM_TINY = tiny(_DDPM, steps=None, warmup=1, lr=1e-3, log_every=0, sample_grid=None, ckpt_every=0)
 
 
 def test_ema_follows_its_formula(tmp_path, monkeypatch):
