@@ -77,12 +77,23 @@ def triton_interpreted() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
-def triton_reason(device: torch.device, dtype: torch.dtype) -> str | None:
-    """Why the Triton kernels cannot run on ``device``/``dtype``, or None when they can."""
+def triton_reason(
+    device: torch.device,
+    dtype: torch.dtype,
+    dtypes: tuple[torch.dtype, ...] = (torch.float32, torch.float16, torch.bfloat16),
+    what: str = "the kernels support float32/float16/bfloat16",
+) -> str | None:
+    """Why Triton kernels cannot run on ``device``/``dtype``, or None when they can.
+
+    Args:
+        device, dtype: of the tensor the kernels would read.
+        dtypes: the dtypes the kernels take (default: the fused op's).
+        what: how the message names them.
+    """
     if not triton_importable():
         return "the triton package is not installed"
-    if dtype not in (torch.float32, torch.float16, torch.bfloat16):
-        return f"the kernels support float32/float16/bfloat16, got {dtype}"
+    if dtype not in dtypes:
+        return f"{what}, got {dtype}"
     if device.type == "cuda":
         return None
     if device.type == "cpu" and triton_interpreted():

@@ -14,8 +14,7 @@ from .._backend import (
     BackendUnavailableError,
     _check_name,
     get_backend,
-    triton_importable,
-    triton_interpreted,
+    triton_reason,
 )
 
 _TORCHDIFFEQ_METHODS = (
@@ -168,18 +167,8 @@ def check_state(func, y0, t) -> Tensor:
 
 def kernel_reason(device: torch.device, dtype: torch.dtype) -> str | None:
     """Why the solver's Triton kernels cannot run here, or None when they can."""
-    if not triton_importable():
-        return "the triton package is not installed"
-    if dtype not in (torch.float32, torch.float64):
-        return f"the solver kernels support float32/float64 states, got {dtype}"
-    if device.type == "cuda":
-        return None
-    if device.type == "cpu" and triton_interpreted():
-        return None
-    return (
-        f"the kernels need a CUDA tensor (got a {device.type} tensor); on CPU they run only "
-        "under TRITON_INTERPRET=1, set before triton is imported"
-    )
+    dtypes = (torch.float32, torch.float64)
+    return triton_reason(device, dtype, dtypes, "the solver kernels support float32/float64 states")
 
 
 def resolve(requested: str | None, y0: Tensor, needs_grad: bool) -> tuple[str, bool]:
