@@ -9,7 +9,7 @@ import copy
 
 import pytest
 import torch
-from helpers import assert_rel_close, grad_atol
+from helpers import TorchdiffeqODEfunc, assert_rel_close, grad_atol
 from torch import nn
 
 import timeaware
@@ -66,43 +66,6 @@ def randomize_norms(module):
 # ------------------------------------------------------------------------------------------
 # ODEFunc
 # ------------------------------------------------------------------------------------------
-class TorchdiffeqConcatConv2d(nn.Module):
-    def __init__(self, dim_in, dim_out, ksize=3, stride=1, padding=0):
-        super().__init__()
-        self._layer = nn.Conv2d(
-            dim_in + 1, dim_out, kernel_size=ksize, stride=stride, padding=padding
-        )
-
-    def forward(self, t, x):
-        tt = torch.ones_like(x[:, :1, :, :]) * t
-        return self._layer(torch.cat([tt, x], 1))
-
-
-class TorchdiffeqODEfunc(nn.Module):
-    """torchdiffeq examples/odenet_mnist.py ODEfunc, written out."""
-
-    def __init__(self, dim):
-        super().__init__()
-        self.norm1 = nn.GroupNorm(min(32, dim), dim)
-        self.relu = nn.ReLU(inplace=True)
-        self.conv1 = TorchdiffeqConcatConv2d(dim, dim, 3, 1, 1)
-        self.norm2 = nn.GroupNorm(min(32, dim), dim)
-        self.conv2 = TorchdiffeqConcatConv2d(dim, dim, 3, 1, 1)
-        self.norm3 = nn.GroupNorm(min(32, dim), dim)
-        self.nfe = 0
-
-    def forward(self, t, x):
-        self.nfe += 1
-        out = self.norm1(x)
-        out = self.relu(out)
-        out = self.conv1(t, out)
-        out = self.norm2(out)
-        out = self.relu(out)
-        out = self.conv2(t, out)
-        out = self.norm3(out)
-        return out
-
-
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("dim", [8, 64])
 def test_odefunc_loads_torchdiffeq_checkpoint(backend, dim):

@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers import assert_rel_close, grad_atol
+from helpers import TorchdiffeqConcatConv2d, assert_rel_close, grad_atol
 from torch import nn
 
 import timeaware
@@ -15,40 +15,6 @@ from timeaware.profiling import count_launches
 from timeaware.reference import group_norm_act_ref
 
 BACKENDS = ("reference", "triton")
-
-
-class TorchdiffeqConcatConv2d(nn.Module):
-    """torchdiffeq examples/odenet_mnist.py ConcatConv2d, written out (time channel first)."""
-
-    def __init__(
-        self,
-        dim_in,
-        dim_out,
-        ksize=3,
-        stride=1,
-        padding=0,
-        dilation=1,
-        groups=1,
-        bias=True,
-        transpose=False,
-    ):
-        super().__init__()
-        module = nn.ConvTranspose2d if transpose else nn.Conv2d
-        self._layer = module(
-            dim_in + 1,
-            dim_out,
-            kernel_size=ksize,
-            stride=stride,
-            padding=padding,
-            dilation=dilation,
-            groups=groups,
-            bias=bias,
-        )
-
-    def forward(self, t, x):
-        tt = torch.ones_like(x[:, :1, :, :]) * t
-        ttx = torch.cat([tt, x], 1)
-        return self._layer(ttx)
 
 
 def concat_form(layer: nn.Module, t, x):
