@@ -620,7 +620,15 @@ def chart(result: dict, path: Path) -> None:
         med = [r["timing"]["median_ms"] for r in timed]
         lo = [m - r["timing"]["p20_ms"] for m, r in zip(med, timed)]
         hi = [r["timing"]["p80_ms"] - m for m, r in zip(med, timed)]
-        fig, ax = plt.subplots(figsize=(10, 0.5 * len(timed) + 1.8))
+        bars = _launch_bars(result)
+        if bars:  # the launch counts (what decides at NODE sizes) beside the timings
+            fig, (ax, lax) = plt.subplots(
+                2, 1, figsize=(10, 0.5 * len(timed) + 0.32 * len(bars) + 3.5),
+                gridspec_kw={"height_ratios": [0.5 * len(timed) + 1, 0.32 * len(bars) + 1]},
+            )  # fmt: skip
+            _launch_panel(lax, bars)
+        else:
+            fig, ax = plt.subplots(figsize=(10, 0.5 * len(timed) + 1.8))
         ys = range(len(timed))
         ax.barh(ys, med, xerr=[lo, hi], color="tab:gray", capsize=2)
         for y, m, r in zip(ys, med, timed):
@@ -646,11 +654,61 @@ def chart(result: dict, path: Path) -> None:
             )
         else:
             title = (
-                f"Eager timings on {dev['name']}, small CPU sizes, commit {commit}"
-                "\nNo fused speedups: kernel speedups need a CUDA GPU (not measured here)"
+                f"Eager timings on {dev['name']}, small CPU sizes\ncommit {commit}. "
+                "No fused speedups: kernel speedups need a CUDA GPU (not measured here)"
             )
-        ax.set_title(title, fontsize=9)
+        ax.set_title(title, fontsize=9, loc="left")
         ax.margins(x=0.35)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+# baselines of the launch panel, in drawing order, with their colours
+_LAUNCH_SIDES = (("eager", "tab:gray"), ("torchdiffeq-example", "tab:blue"), ("fused", "tab:green"))
+_LAUNCH_LABELS = {
+    "eager": "eager PyTorch (solver rows: torchdiffeq)",
+    "fused": "timeaware fused (solver rows: timeaware.odeint)",
+}
+
+
+def _launch_bars(result: dict) -> list[tuple[str, dict]]:
+    """(label, {side: launches}) per (variant, mode) of the op and odefunc counts, then one row
+    per solver solve: launches per attempted step of torchdiffeq (eager side) and timeaware
+    (fused side)."""
+    out: dict[str, dict] = {}
+    for c in result.get("counts") or []:
+        if c.get("status") != "ok" or c["workload"] not in ("gn-node", "gn-g1", "odefunc"):
+            continue
+        side = c["baseline"] if c["baseline"] in dict(_LAUNCH_SIDES) else None
+        if side is not None:
+            out.setdefault(f"{c['variant']} {c['mode']}", {})[side] = c["launches"]
+    for c in result.get("solver_costs") or []:
+        if c.get("status") == "ok":
+            side = "fused" if c["solver"] == "timeaware" else "eager"
+            key = f"{c['variant']} {c['solve']} solve, per dopri5 step"
+            out.setdefault(key, {})[side] = c["launches_per_step"]
+    return list(out.items())
+
+
+def _launch_panel(ax, bars: list[tuple[str, dict]]) -> None:
+    """Horizontal grouped bars of launches per call (solver rows: per step)."""
+    n = len(_LAUNCH_SIDES)
+    h = 0.8 / n
+    for i, (side, colour) in enumerate(_LAUNCH_SIDES):
+        label = _LAUNCH_LABELS.get(side, side)
+        ys = [j + (i - (n - 1) / 2) * h for j in range(len(bars))]
+        vals = [b.get(side, 0) for _, b in bars]
+        ax.barh(ys, vals, h, color=colour, label=label)
+        for y, v in zip(ys, vals):
+            if v:
+                ax.annotate(f"{v:.3g}", (v, y), xytext=(3, 0), textcoords="offset points",
+                            va="center", fontsize=6)  # fmt: skip
+    ax.set_yticks(range(len(bars)), [k for k, _ in bars], fontsize=7)
+    ax.invert_yaxis()
+    ax.set_xscale("log")
+    ax.set_xlabel("kernel launches per call (solver rows: per attempted step, function excluded)")
+    ax.set_title("What decides at NODE sizes: launches (counted on this CPU; DESIGN section 8)",
+                 fontsize=9, loc="left")  # fmt: skip
+    ax.legend(fontsize=7, loc="upper right")
+    ax.margins(x=0.15)

@@ -1418,3 +1418,52 @@ def test_pytest_benchmark_skips_without_cuda():
     proc = _run("-m", "pytest", "bench", "-q", "-p", "no:cacheprovider")
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "skipped" in proc.stdout and "failed" not in proc.stdout
+
+
+def test_cpu_chart_shows_launch_counts(tmp_path):
+    # the CPU chart's second panel: launches per call of the op/odefunc counts by side, and the
+    # solvers' launches per step (torchdiffeq on the eager side, timeaware on the fused side)
+    def count(workload, variant, mode, baseline, launches, status="ok"):
+        return dict(workload=workload, variant=variant, mode=mode, baseline=baseline,
+                    launches=launches, status=status)  # fmt: skip
+
+    result = {
+        "counts": [
+            count("gn-node", "gn-node a", "fwd", "eager", 5),
+            count("gn-node", "gn-node a", "fwd", "fused", 1),
+            count("odefunc", "odefunc a", "fwd+bwd", "torchdiffeq-example", 20),
+            count("odefunc", "odefunc a", "fwd+bwd", "fused", 15),
+            count("odefunc", "odefunc a", "fwd+bwd", "compile", 7),  # not drawn
+            count("ddpm-step", "ddpm a", "fwd+bwd", "eager", 400),  # not drawn
+            count("gn-node", "gn-node a", "fwd+bwd", "fused", 0, status="skipped"),
+        ],
+        "solver_costs": [
+            dict(
+                variant="node-step a",
+                solve="forward",
+                solver="torchdiffeq",
+                status="ok",
+                launches_per_step=167.0,
+            ),
+            dict(
+                variant="node-step a",
+                solve="forward",
+                solver="timeaware",
+                status="ok",
+                launches_per_step=9.25,
+            ),
+        ],  # fmt: skip
+    }
+    assert report._launch_bars(result) == [
+        ("gn-node a fwd", {"eager": 5, "fused": 1}),
+        ("odefunc a fwd+bwd", {"torchdiffeq-example": 20, "fused": 15}),
+        ("node-step a forward solve, per dopri5 step", {"eager": 167.0, "fused": 9.25}),
+    ]
+    full = _gpu_result()
+    full["device"] = {"type": "cpu", "name": "CPU (x)"}
+    for r in full["rows"]:
+        r["interpreter"] = r["baseline"] == "fused"
+    full = report.finalize(full)
+    full["counts"], full["solver_costs"] = result["counts"], result["solver_costs"]
+    report.chart(full, tmp_path / "cpu.png")
+    assert (tmp_path / "cpu.png").stat().st_size > 1000
